@@ -1,0 +1,3 @@
+from dinoret.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The ``dinoret`` command: one click group; each subcommand is a module in ``dinoret.commands``.
+
+Subcommand modules import their heavy dependencies (torch, faiss) inside the command
+body so that ``dinoret --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import click
+
+import dinoret.commands
+from dinoret import __version__
+from trainer.errors import UserError
+
+
+class DinoretGroup(click.Group):
+    """Finds subcommands in ``dinoret.commands`` and turns user errors into one-line messages."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = [m.name for m in pkgutil.iter_modules(dinoret.commands.__path__) if not m.name.startswith("_")]
+        return sorted(n.replace("_", "-") for n in names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.list_commands(ctx):
+            return None
+        module = importlib.import_module(f"dinoret.commands.{name.replace('-', '_')}")
+        return module.command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=DinoretGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dinoret")
+def main() -> None:
+    """Image search and dataset hygiene on DINOv2.
+
+    \b
+    Examples:
+      dinoret index ./photos                 # embed a collection into ./.dinoret
+      dinoret query img.jpg -k 5             # the most similar indexed photos
+      dinoret dedup --report dups.html       # near-duplicate groups
+      dinoret serve                          # browser UI on http://127.0.0.1:8080
+
+    The index directory is ./.dinoret unless --index DIR or DINORET_INDEX says otherwise.
+    """

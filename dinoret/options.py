@@ -1,0 +1,32 @@
+"""Options shared by several commands, defined once."""
+from __future__ import annotations
+
+import click
+
+index_option = click.option(
+    "--index",
+    "index_dir",
+    default=".dinoret",
+    envvar="DINORET_INDEX",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Index directory (or set DINORET_INDEX).",
+)
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to run the model: a CUDA GPU when present, else the CPU.",
+)
+model_option = click.option(
+    "--model",
+    default=None,
+    help="Backbone name (dinov2_vits14, dinov2_vitb14_reg, ...; see `dinoret models`).",
+)
+weights_option = click.option(
+    "--weights",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Weights file: an official DINOv2 .pth or a dinoret checkpoint.",
+)

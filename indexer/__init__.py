@@ -1,0 +1,1 @@
+"""Files -> vectors -> an index directory on disk."""

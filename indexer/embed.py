@@ -1,0 +1,64 @@
+"""The embedding API: images in, L2-normalised float32 ``[N, D]`` DINOv2 class tokens out."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from indexer.preprocess import Preprocess
+from trainer.devices import autocast, resolve_device
+from trainer.weights import Backbone, load_backbone
+
+
+class Embedder:
+    """A backbone and the preprocessing that goes with it, on one device."""
+
+    def __init__(self, backbone: Backbone, preprocess: Preprocess | None = None, device: str | torch.device = "auto") -> None:
+        self.backbone = backbone
+        self.preprocess = preprocess or Preprocess()
+        self.device = resolve_device(device)
+        self.model = backbone.model.to(self.device).eval()
+
+    @classmethod
+    def load(cls, name: str | None = None, weights: str | None = None, preprocess: Preprocess | None = None,
+             device: str | torch.device = "auto") -> "Embedder":
+        return cls(load_backbone(name, weights), preprocess, device)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    def identity(self) -> dict:
+        """What must match between a collection and its queries."""
+        return {
+            "model": self.backbone.name,
+            "weights_sha256": self.backbone.weights_sha256,
+            "dim": self.dim,
+            "backbone_config": self.backbone.config.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+    @torch.inference_mode()
+    def embed_batch(self, x: torch.Tensor) -> np.ndarray:
+        """``x``: preprocessed [B, 3, H, W] (one size per batch)."""
+        x = x.to(self.device, non_blocking=True)
+        with autocast(self.device):
+            feats = self.model(x)
+        return F.normalize(feats.float(), dim=-1).cpu().numpy()
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Embed PIL images; in ``whole`` mode images of different shapes go in separate batches."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        tensors = [self.preprocess(img) for img in images]
+        for i, t in enumerate(tensors):
+            by_shape[tuple(t.shape)].append(i)
+        for idx in by_shape.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s : s + batch_size]
+                out[chunk] = self.embed_batch(torch.stack([tensors[i] for i in chunk]))
+        return out

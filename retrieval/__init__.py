@@ -1,0 +1,1 @@
+"""Everything that reads an index: search, re-ranking, duplicates, curation, reports."""

@@ -1,0 +1,191 @@
+"""Finding and loading backbone weights; never falls back to random weights.
+
+Weights come from, in order: an explicit file, the torch hub cache, the official
+download URL (when online). A file may be
+
+* an official DINOv2 checkpoint (a bare state dict in the official key layout),
+* a dinoret backbone file (``save_backbone``): ``{"dinoret": "backbone", "name", "config", "state_dict"}``,
+* a dinoret training checkpoint: ``{"dinoret": "train", "backbone_name", "backbone_config", "teacher"}``
+  where ``teacher`` holds the teacher's modules and its backbone keys start with ``backbone.``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.errors import UserError
+from trainer.models import MODELS, BackboneConfig, DinoVisionTransformer, model_config
+
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+
+
+@dataclass
+class Backbone:
+    model: DinoVisionTransformer
+    name: str
+    config: BackboneConfig
+    weights_path: str
+    weights_sha256: str
+
+    @property
+    def dim(self) -> int:
+        return self.config.embed_dim
+
+
+def official_filename(name: str) -> str:
+    """``dinov2_vits14_reg`` -> ``dinov2_vits14_reg4_pretrain.pth`` (the official file names)."""
+    base = name.removesuffix("_reg")
+    return f"{base}_reg4_pretrain.pth" if name.endswith("_reg") else f"{base}_pretrain.pth"
+
+
+def official_url(name: str) -> str:
+    base_url = os.environ.get("DINORET_WEIGHTS_URL", OFFICIAL_BASE_URL).rstrip("/")
+    return f"{base_url}/{name.removesuffix('_reg')}/{official_filename(name)}"
+
+
+def hub_cache_path(name: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / official_filename(name)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float = 20.0) -> None:
+    """Download to a temporary name beside ``dest`` and rename, so a cut leaves no partial file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(r, f, length=1 << 22)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_weights(name: str | None, weights: str | Path | None) -> Path:
+    """The weights file to use, downloading the official one into the hub cache if needed."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"weights file not found: {path}")
+        return path
+    if name is None:
+        raise UserError("no model given: pass --model NAME or --weights FILE")
+    model_config(name)  # unknown names fail here, before any download
+    cached = hub_cache_path(name)
+    if cached.is_file():
+        return cached
+    if os.environ.get("DINORET_OFFLINE") != "1":
+        try:
+            _download(official_url(name), cached)
+            return cached
+        except (urllib.error.URLError, OSError, TimeoutError):
+            pass
+    raise UserError(
+        f"no weights for {name}: download {official_url(name)} and pass --weights FILE, "
+        f"or place it at {cached}"
+    )
+
+
+def infer_config(state_dict: dict) -> tuple[str | None, BackboneConfig]:
+    """Architecture of an official-layout state dict, by its shapes (and its name if official)."""
+    try:
+        dim = state_dict["cls_token"].shape[-1]
+        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+        n_reg = state_dict["register_tokens"].shape[1] if "register_tokens" in state_dict else 0
+        patch = state_dict["patch_embed.proj.weight"].shape[-1]
+        grid = state_dict["pos_embed"].shape[1] - 1
+    except (KeyError, ValueError, AttributeError, IndexError):
+        raise UserError("weights file is not a DINOv2 backbone (missing cls_token/blocks/pos_embed)") from None
+    for name, cfg in MODELS.items():
+        if (cfg.embed_dim, cfg.depth, cfg.num_register_tokens, cfg.patch_size) == (dim, depth, n_reg, patch):
+            return name, cfg
+    # A non-official size (for example a small model trained by dinoret): follow the conventions.
+    heads = max(1, dim // 64)
+    swiglu = any(k.endswith("mlp.w12.weight") for k in state_dict)
+    hidden = state_dict["blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
+    cfg = BackboneConfig(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=hidden / dim if not swiglu else 4.0,
+        patch_size=patch,
+        img_size=int(round(grid**0.5)) * patch,
+        ffn_layer="swiglu" if swiglu else "mlp",
+        num_register_tokens=n_reg,
+        init_values=1.0 if "blocks.0.ls1.gamma" in state_dict else None,
+        interpolate_antialias=bool(n_reg),
+        interpolate_offset=0.0 if n_reg else 0.1,
+    )
+    return None, cfg
+
+
+def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None, dict]:
+    """(name, config, backbone state dict) of any supported weights file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise UserError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"weights file {path} does not hold a state dict")
+    kind = obj.get("dinoret")
+    if kind == "backbone":
+        return obj.get("name"), BackboneConfig.from_dict(obj["config"]), obj["state_dict"]
+    if kind == "train":
+        teacher = obj["teacher"]
+        sd = {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
+        return obj.get("backbone_name"), BackboneConfig.from_dict(obj["backbone_config"]), sd
+    return None, None, obj
+
+
+def load_state_strict(model: DinoVisionTransformer, state_dict: dict, source: str) -> None:
+    """Load with ``strict=True`` and turn key/shape mismatches into a clear error."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:400]
+        raise UserError(f"weights in {source} do not fit the model: {detail}") from None
+
+
+def load_backbone(
+    name: str | None = None, weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Backbone:
+    """A backbone with real weights, in eval mode, on ``device``."""
+    path = resolve_weights(name, weights)
+    file_name, file_cfg, sd = read_checkpoint(path)
+    if file_cfg is not None:
+        if name and file_name and name != file_name:
+            raise UserError(f"weights file {path} holds {file_name}, not {name}")
+        cfg, name = file_cfg, name or file_name or "custom"
+    else:
+        inferred_name, inferred_cfg = infer_config(sd)
+        cfg = model_config(name) if name else inferred_cfg
+        name = name or inferred_name or "custom"
+    model = DinoVisionTransformer(cfg)
+    load_state_strict(model, sd, str(path))
+    model.eval().to(device)
+    return Backbone(model, name, cfg, str(Path(path).resolve()), file_sha256(path))
+
+
+def save_backbone(path: str | Path, model: DinoVisionTransformer, name: str = "custom") -> None:
+    """Write a self-describing backbone file (architecture + weights), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"dinoret": "backbone", "name": name, "config": model.cfg.to_dict(), "state_dict": state}, tmp)
+    os.replace(tmp, path)
