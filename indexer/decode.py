@@ -28,6 +28,8 @@ def sniff_format(head: bytes) -> str | None:
     """Image format from the first 16 bytes of a file, or None: content decides, not the name."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n":
+        return "pnm"  # netpbm: PBM/PGM/PPM
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt

@@ -7,10 +7,15 @@ download URL (when online). A file may be
 * a dinoret backbone file (``save_backbone``): ``{"dinoret": "backbone", "name", "config", "state_dict"}``,
 * a dinoret training checkpoint: ``{"dinoret": "train", "backbone_name", "backbone_config", "teacher"}``
   where ``teacher`` holds the teacher's modules and its backbone keys start with ``backbone.``.
+
+A bare state dict of a non-official size says nothing of its head count; a sidecar
+``<file>.json`` (``{"name", "config"}``, written by :func:`write_sidecar`) does. Without one
+the architecture is inferred from the shapes with DINOv2's 64-dimensional heads.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -143,6 +148,10 @@ def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None
     if not isinstance(obj, dict):
         raise UserError(f"weights file {path} does not hold a state dict")
     kind = obj.get("dinoret")
+    sidecar = Path(path).with_suffix(".json")
+    if kind is None and sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        return meta.get("name"), BackboneConfig.from_dict(meta["config"]), obj
     if kind == "backbone":
         return obj.get("name"), BackboneConfig.from_dict(obj["config"]), obj["state_dict"]
     if kind == "train":
@@ -179,6 +188,13 @@ def load_backbone(
     load_state_strict(model, sd, str(path))
     model.eval().to(device)
     return Backbone(model, name, cfg, str(Path(path).resolve()), file_sha256(path))
+
+
+def write_sidecar(weights_path: str | Path, cfg: BackboneConfig, name: str) -> Path:
+    """Describe a bare official-layout state dict, so a non-official size loads exactly."""
+    sidecar = Path(weights_path).with_suffix(".json")
+    sidecar.write_text(json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
+    return sidecar
 
 
 def save_backbone(path: str | Path, model: DinoVisionTransformer, name: str = "custom") -> None:

@@ -146,7 +146,7 @@ class DinoVisionTransformer(nn.Module):
             nn.Parameter(torch.zeros(1, cfg.num_register_tokens, cfg.embed_dim)) if cfg.num_register_tokens else None
         )
         # Stochastic depth grows linearly with depth, as in the official code.
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head = nn.Identity()
