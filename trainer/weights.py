@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -116,9 +116,11 @@ def infer_config(state_dict: dict) -> tuple[str | None, BackboneConfig]:
         grid = state_dict["pos_embed"].shape[1] - 1
     except (KeyError, ValueError, AttributeError, IndexError):
         raise UserError("weights file is not a DINOv2 backbone (missing cls_token/blocks/pos_embed)") from None
+    img_size = int(round(grid**0.5)) * patch
     for name, cfg in MODELS.items():
         if (cfg.embed_dim, cfg.depth, cfg.num_register_tokens, cfg.patch_size) == (dim, depth, n_reg, patch):
-            return name, cfg
+            # An official architecture trained at another resolution (dinoret train) has a smaller grid.
+            return name, cfg if cfg.img_size == img_size else replace(cfg, img_size=img_size)
     # A non-official size (for example a small model trained by dinoret): follow the conventions.
     heads = max(1, dim // 64)
     swiglu = any(k.endswith("mlp.w12.weight") for k in state_dict)
@@ -129,7 +131,7 @@ def infer_config(state_dict: dict) -> tuple[str | None, BackboneConfig]:
         num_heads=heads,
         mlp_ratio=hidden / dim if not swiglu else 4.0,
         patch_size=patch,
-        img_size=int(round(grid**0.5)) * patch,
+        img_size=img_size,
         ffn_layer="swiglu" if swiglu else "mlp",
         num_register_tokens=n_reg,
         init_values=1.0 if "blocks.0.ls1.gamma" in state_dict else None,

@@ -1,0 +1,190 @@
+"""Index build time, disk, RAM, single-query latency and recall@10 at 100k and 1M vectors.
+
+    python benchmarks/index_scale.py --sizes 100000 1000000 --threads 2
+
+The vectors are synthetic, 384-d (ViT-S/14 size), L2-normalised, drawn from a mixture of
+Gaussians on the sphere (clusters of varied width around random centres), not uniform
+noise: uniformly random high-dimensional vectors have no near neighbours at all (every
+pair is at cosine ~0), which makes every approximate index look terrible and resembles
+no real embedding set. Queries are fresh draws from the same mixture.
+
+Everything goes through the indexer's own code: records and float16 chunks are committed
+with ``indexer.commit.commit_vectors``, the index type is chosen by ``indexer.index_type`` and
+the shards are trained and written by ``indexer.sync.sync_shards``; search is
+``retrieval.index.IndexReader.search``. Ground truth is exact inner product over the
+stored vectors for a subset of queries. RAM is the resident-memory growth of a fresh process
+when the reader loads the shards (the raw vectors stay on disk, memory-mapped, and are
+read only for re-ranking).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import faiss  # noqa: E402
+
+from indexer.catalog import open_catalog  # noqa: E402
+from indexer.commit import commit_vectors, create_info  # noqa: E402
+from indexer.layout import IndexPaths, disk_usage  # noqa: E402
+from indexer.meta import MetaStore, Record  # noqa: E402
+from indexer.sync import sync_shards  # noqa: E402
+from retrieval.index import open_index  # noqa: E402
+
+BLOCK = 100_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def shard_ram(index_dir: Path) -> int:
+    """Resident memory a fresh process gains by loading the shards (a fresh process, because
+    memory freed by the build would be reused and hide the growth)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.index_scale import rss_bytes; "
+        "from retrieval.index import open_index; r = open_index(sys.argv[1]); "
+        "b = rss_bytes(); r.load(); print(rss_bytes() - b)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(index_dir), str(REPO)], check=True,
+                         capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+class Mixture:
+    """Clusters of varied width around random centres on the unit sphere."""
+
+    def __init__(self, dim: int, n_clusters: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        c = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+        self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+        self.widths = rng.uniform(0.5, 1.2, n_clusters).astype(np.float32)
+        self.dim = dim
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        k = rng.integers(0, len(self.centres), n)
+        noise = rng.standard_normal((n, self.dim)).astype(np.float32) / np.sqrt(self.dim)
+        x = self.centres[k] + self.widths[k, None] * noise
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ingest(paths: IndexPaths, mix: Mixture, n: int, shard_size: int, seed: int = 1) -> float:
+    engine = open_catalog(paths.catalog, create=True)
+    identity = {"model": "synthetic", "weights_sha256": "none", "dim": mix.dim, "backbone_config": {}, "preprocess": {}}
+    create_info(engine, identity, "", shard_size)
+    engine.dispose()
+    rng = np.random.default_rng(seed)
+
+    def items():
+        for start in range(0, n, BLOCK):
+            for j, v in enumerate(mix.sample(min(BLOCK, n - start), rng)):
+                i = start + j
+                yield Record(-1, f"/synthetic/{i}.jpg", 0, 0.0, f"{i:032x}", None, 0, 0, -1), v
+
+    t = time.perf_counter()
+    commit_vectors(paths, items(), shard_size, commit_every=BLOCK)
+    return time.perf_counter() - t
+
+
+def exact_topk(reader, queries: np.ndarray, k: int) -> np.ndarray:
+    ids = reader.ids()
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for s in range(0, len(ids), BLOCK):
+        block = ids[s : s + BLOCK]
+        sc = queries @ reader.vectors(block).T
+        all_s = np.hstack([best_s, sc])
+        all_i = np.hstack([best_i, np.broadcast_to(block, sc.shape)])
+        top = np.argsort(-all_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return best_i
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def run(n: int, args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"index_scale_{n}_", dir=args.workdir))
+    paths = IndexPaths.of(workdir / "idx")
+    paths.root.mkdir(parents=True)
+    mix = Mixture(args.dim, n_clusters=max(10, n // 200))
+    try:
+        ingest_s = ingest(paths, mix, n, args.shard_size)
+        engine = open_catalog(paths.catalog)
+        meta = MetaStore(paths.meta, readonly=False)
+        t = time.perf_counter()
+        sync = sync_shards(paths, engine, meta, args.dim, forced=args.index_type)
+        sync_s = time.perf_counter() - t
+        meta.close()
+        engine.dispose()
+
+        ram = shard_ram(paths.root)
+        reader = open_index(paths.root)
+        queries = mix.sample(args.queries, np.random.default_rng(99))
+        truth = exact_topk(reader, queries[: args.gt_queries], 10)
+        out = {"n": n, "factory": sync.spec["factory"], "nprobe": sync.spec.get("nprobe"),
+               "shards": len(reader.shard_sizes()), "ingest_s": ingest_s, "train_add_s": sync_s,
+               "disk_bytes": disk_usage(paths.root), "shard_bytes": disk_usage(paths.shards),
+               "vector_bytes": disk_usage(paths.vectors), "index_ram_bytes": ram}
+        for rerank in (True, False):
+            reader.search(queries[:5], k=10, rerank=rerank)  # warm up page cache and lookup tables
+            lat, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                _, ids = reader.search(q[None], k=10, rerank=rerank)
+                lat.append(time.perf_counter() - t)
+                found.append(ids[0])
+            tag = "rerank" if rerank else "norerank"
+            out[f"p50_ms_{tag}"] = 1000 * float(np.percentile(lat, 50))
+            out[f"p99_ms_{tag}"] = 1000 * float(np.percentile(lat, 99))
+            out[f"recall10_{tag}"] = recall_at(np.array(found[: args.gt_queries]), truth)
+        return out
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=300, help="single queries timed")
+    ap.add_argument("--gt-queries", type=int, default=300, help="queries with exact ground truth")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivfpq"])
+    ap.add_argument("--shard-size", type=int, default=1_000_000)
+    ap.add_argument("--workdir", default=None, help="where the temporary indexes go (default: system temp)")
+    ap.add_argument("--keep", action="store_true", help="keep the built indexes")
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    for n in args.sizes:
+        r = run(n, args)
+        print(f"N={r['n']:,}  {r['factory']} nprobe={r['nprobe']} shards={r['shards']}")
+        print(f"  build: ingest {r['ingest_s']:.1f} s + train/add {r['train_add_s']:.1f} s")
+        print(f"  disk: {r['disk_bytes'] / 2**20:.1f} MiB (shards {r['shard_bytes'] / 2**20:.1f} MiB, "
+              f"vectors {r['vector_bytes'] / 2**20:.1f} MiB)")
+        print(f"  index RAM: {r['index_ram_bytes'] / 2**20:.1f} MiB = {r['index_ram_bytes'] / r['n']:.1f} bytes/vector")
+        for tag in ("rerank", "norerank"):
+            print(f"  {tag:9s} latency p50 {r[f'p50_ms_{tag}']:.2f} ms  p99 {r[f'p99_ms_{tag}']:.2f} ms  "
+                  f"recall@10 {r[f'recall10_{tag}']:.3f}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import click
+
+from dinoret.options import device_option, index_option, model_option, weights_option
+
+
+def _summary_lines(summary, max_listed: int = 20) -> list[str]:
+    lines = [
+        f"indexed {summary.indexed}, unchanged {summary.unchanged}, removed {summary.removed}, "
+        f"skipped {len(summary.skipped)} in {summary.wall_s:.1f} s"
+        + (f" ({summary.indexed / summary.embed_s:.1f} images/s embedding)" if summary.indexed and summary.embed_s else "")
+    ]
+    if summary.skipped:
+        lines.append("skipped: " + ", ".join(f"{r} ({n})" for r, n in summary.skip_reasons().most_common()))
+        lines += [f"  {path}: {reason}" for path, reason in summary.skipped[:max_listed]]
+        if len(summary.skipped) > max_listed:
+            lines.append(f"  ... {len(summary.skipped) - max_listed} more: `dinoret info --skipped`")
+    if summary.sync:
+        spec = summary.sync.spec
+        kind = spec["type"] if spec["type"] == "flat" else f"ivfpq {spec['factory']}"
+        lines.append(f"index: {summary.total} images, {kind}" + (" (retrained)" if summary.sync.rebuilt and spec["type"] != "flat" else ""))
+    return lines
+
+
+@click.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@index_option
+@model_option
+@weights_option
+@device_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per model call.")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes [default: half the cores, at most 8].")
+@click.option("--preprocess", type=click.Choice(["crop", "whole"]), default=None,
+              help="crop: official centre crop (default for a new index); whole: keep the whole image.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "ivfpq"]), default="auto", show_default=True,
+              help="auto: exact while small, IVF-PQ past 50,000 images.")
+@click.option("--shard-size", default=1_000_000, show_default=True, type=click.IntRange(1),
+              help="Most vectors per Faiss shard (fixed when the index is created).")
+@click.option("--commit-every", default=1024, show_default=True, type=click.IntRange(1),
+              help="Images embedded between commits: the most work a crash can lose.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def command(paths, index_dir, model, weights, device, batch_size, workers, preprocess, index_type, shard_size,
+            commit_every, quiet) -> None:
+    """Embed the images under PATHS into the index (only new or changed files).
+
+    Images are found by content in any folder depth; files that cannot be read are
+    skipped and listed. Files gone from PATHS are dropped from the index. Safe to stop
+    at any moment (even kill -9): run the same command again to finish.
+
+    \b
+    Example:
+      dinoret index ./photos --weights dinov2_vits14_pretrain.pth
+      dinoret index ./photos ./more --index /data/idx   # later runs add what is new
+    """
+    from indexer.build import BuildOptions, build_index
+
+    opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, batch_size=batch_size,
+                        workers=workers, index_type=index_type, shard_size=shard_size, commit_every=commit_every,
+                        progress=not quiet)
+    summary = build_index(paths, index_dir, opts)
+    for line in _summary_lines(summary):
+        click.echo(line)

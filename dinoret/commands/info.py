@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+import click
+
+from dinoret.options import index_option
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.command("info")
+@index_option
+@click.option("--skipped", "list_skipped", is_flag=True, help="List every skipped file with its reason.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def command(index_dir, list_skipped, as_json) -> None:
+    """What is in the index: model, images, shards, index type, disk use.
+
+    \b
+    Example:
+      dinoret info
+      dinoret info --skipped --index /data/idx
+    """
+    from retrieval.index import open_index
+
+    reader = open_index(index_dir)
+    stats = reader.stats()
+    if as_json:
+        stats["skipped_files"] = [{"path": p, "reason": r} for p, r in reader.skipped()] if list_skipped else None
+        click.echo(json.dumps(stats, indent=2, default=str))
+        return
+    if list_skipped:
+        for path, reason in reader.skipped():
+            click.echo(f"{reason}\t{path}")
+        return
+    ident = reader.identity
+    params = stats["index_params"]
+    kind = stats["index_type"] + (f" ({params['factory']}, nprobe {params['nprobe']})" if stats["index_type"] == "ivfpq" else "")
+    sizes = ", ".join(str(n) for _, n in reader.shard_sizes())
+    run = stats["last_run"]
+    lines = [
+        f"index:      {reader.root}",
+        f"model:      {ident['model']} (dim {ident['dim']}, weights sha256 {ident['weights_sha256'][:12]}…, "
+        f"preprocess {ident['preprocess']['mode']})",
+        f"weights:    {reader.weights_path}",
+        f"images:     {stats['images']}",
+        f"skipped:    {stats['skipped']} (dinoret info --skipped)",
+        f"index type: {kind}",
+        f"shards:     {stats['shards']} ({sizes or 'empty'} vectors)",
+        f"disk use:   {_size(stats['disk_bytes'])}",
+    ]
+    if run:
+        lines.append(f"last run:   {run['started']:%Y-%m-%d %H:%M} {run['status']}: indexed {run['indexed']}, "
+                     f"unchanged {run['unchanged']}, removed {run['removed']}, skipped {run['skipped']}")
+    click.echo("\n".join(lines))

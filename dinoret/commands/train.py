@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dinoret.options import device_option
+
+
+def load_training_image(path: str, draft_size: int | None = None):
+    """The indexer's decoding (EXIF orientation, RGB, bomb and truncation checks); raises
+    ``SkipFile`` for a file the trainer should skip. Module-level so loader workers can pickle it."""
+    from indexer.decode import open_image
+
+    return open_image(path, draft_size=draft_size).image
+
+
+def _discover(data_dirs: tuple[str, ...], output: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    from indexer.discover import find_images
+
+    skipped: list[tuple[str, str]] = []
+    files = [str(p) for p in find_images(data_dirs, exclude=[output], on_skip=lambda p, r: skipped.append((str(p), r)))]
+    return files, skipped
+
+
+@click.command("train")
+@click.argument("data_dirs", nargs=-1, type=click.Path(exists=True), metavar="DATA_DIR...")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, teacher_backbone.pth.")
+@click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML or TOML config (official DINOv2 keys); several are merged in order.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value, e.g. --set optim.epochs=10 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
+    """Train a DINOv2 backbone (DINO + iBOT + KoLeo, EMA teacher) on the images under DATA_DIR.
+
+    Writes --output/teacher_backbone.pth (official key layout; use it with
+    `dinoret index --weights`), checkpoints and metrics.jsonl. With --resume the run
+    continues exactly where its last checkpoint stopped, on the files it started with.
+    Many GPUs or machines: start the same command under torchrun.
+
+    \b
+    Example:
+      dinoret train ./photos --output runs/tiny --config configs/tiny.yaml
+      dinoret train ./photos --output runs/s14 --config configs/vits14.yaml --set train.batch_size_per_gpu=32
+      dinoret train --output runs/s14 --resume
+      torchrun --nproc_per_node=8 -m dinoret train /data/imgs --output runs/l14 --config configs/vitl14.yaml
+    """
+    import os
+    from functools import partial
+
+    from trainer.config import largest_crop, make_config, read_config_file
+    from trainer.errors import UserError
+    from trainer.train import train
+
+    out = Path(output)
+    main = int(os.environ.get("RANK", "0")) == 0
+    sets = list(sets) + ([f"train.device={device}"] if device != "auto" else [])
+    saved = out / "config.yaml"
+    cfg = make_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
+    files = None
+    if not resume:
+        if not data_dirs:
+            raise UserError("give at least one DATA_DIR (or --resume to continue a run)")
+        files, bad = _discover(data_dirs, out)
+        if main:
+            click.echo(f"{len(files)} images under {', '.join(data_dirs)}" + (f"; {len(bad)} unusable files skipped" if bad else ""))
+            for path, reason in bad[:20]:
+                click.echo(f"  skipped {path}: {reason}")
+    elif data_dirs and main:
+        click.echo("--resume: training on the files recorded when the run started")
+    load = partial(load_training_image, draft_size=largest_crop(cfg))
+    summary = train(files, load, out, configs, sets, resume=resume, progress=not quiet)
+    if main:
+        losses = summary["losses"]
+        click.echo(
+            f"{summary['iterations']}/{summary['total_iterations']} iterations, loss {losses.get('total_loss', float('nan')):.4f}, "
+            f"{summary['images_per_s']:.1f} images/s, {len(summary['skipped'])} files skipped while training"
+        )
+        click.echo(f"teacher backbone: {out / 'teacher_backbone.pth'} (dinoret index PHOTOS --weights {out / 'teacher_backbone.pth'})")

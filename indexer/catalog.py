@@ -1,0 +1,115 @@
+"""The catalog (``catalog.db``, SQLAlchemy on SQLite): what the index is and how it was built.
+
+Tables (all prefixed ``index_`` so other parts can add their own tables to the same file):
+``index_info`` (one row: embedder identity, weights path, index type and parameters),
+``index_shards`` (the current file of each Faiss shard), ``index_runs`` (one row per
+``dinoret index`` run) and ``index_skipped`` (files that could not be indexed, latest state).
+The catalog is the source of truth for which shard files are current: a shard file is
+written under a new name first, and only the catalog commit makes it current.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import JSON, Engine, Float, Integer, LargeBinary, String, create_engine, event, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class IndexInfo(Base):
+    __tablename__ = "index_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    identity: Mapped[dict] = mapped_column(JSON)  # Embedder.identity()
+    weights_path: Mapped[str] = mapped_column(String)
+    index_type: Mapped[str] = mapped_column(String, default="none")  # none | flat | ivfpq
+    index_params: Mapped[dict] = mapped_column(JSON, default=dict)
+    template_file: Mapped[str | None] = mapped_column(String, nullable=True)  # trained IVF-PQ, shared by shards
+    shard_size: Mapped[int] = mapped_column(Integer)
+    created: Mapped[dt.datetime] = mapped_column(default=_now)
+    updated: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class ShardRow(Base):
+    __tablename__ = "index_shards"
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file: Mapped[str] = mapped_column(String)  # name inside shards/
+    n_vectors: Mapped[int] = mapped_column(Integer)
+    max_id: Mapped[int] = mapped_column(Integer)  # every live id of this shard up to here is in the file
+    updated: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class RunRow(Base):
+    __tablename__ = "index_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    status: Mapped[str] = mapped_column(String, default="running")  # running | done (a crashed run stays "running")
+    paths: Mapped[list] = mapped_column(JSON, default=list)
+    indexed: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    removed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    def to_dict(self) -> dict:
+        return {c.name: getattr(self, c.name) for c in self.__table__.columns}
+
+
+class SkippedRow(Base):
+    __tablename__ = "index_skipped"
+    path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)  # raw bytes: names need not be UTF-8
+    reason: Mapped[str] = mapped_column(String)
+    run_id: Mapped[int] = mapped_column(Integer)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (web UI) keep reading while a run writes
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
+
+
+def open_catalog(path: Path, create: bool = False) -> Engine:
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        Base.metadata.create_all(engine)
+    return engine
+
+
+def read_info(engine: Engine) -> IndexInfo | None:
+    with Session(engine, expire_on_commit=False) as s:
+        return s.get(IndexInfo, 1)
+
+
+def read_shards(engine: Engine) -> list[ShardRow]:
+    with Session(engine, expire_on_commit=False) as s:
+        return list(s.scalars(select(ShardRow).order_by(ShardRow.shard)))
+
+
+def last_run(engine: Engine) -> RunRow | None:
+    with Session(engine, expire_on_commit=False) as s:
+        return s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
+
+
+def display_path(raw: bytes) -> str:
+    """A skipped file's name for people: undecodable bytes shown as \\xNN escapes."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def read_skipped(engine: Engine) -> list[tuple[str, str]]:
+    with Session(engine) as s:
+        return [(display_path(r.path), r.reason) for r in s.scalars(select(SkippedRow).order_by(SkippedRow.path))]
+
+
+def count_skipped(engine: Engine) -> int:
+    with Session(engine) as s:
+        return s.scalar(select(func.count()).select_from(SkippedRow)) or 0

@@ -1,0 +1,89 @@
+"""Faiss shard files: making, training, writing (atomically) and searching them.
+
+A flat shard is ``IDMap,Flat`` (inner product). An IVF-PQ shard is a copy of one
+trained template (coarse quantizer + PQ codebooks, ``trained-*.faiss``) with its
+vectors added, so every shard shares the same quantizer and codebooks and the
+per-shard scores are comparable when results are merged.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.layout import atomic_path
+
+
+def new_file_name(prefix: str) -> str:
+    """A fresh, never-reused file name: the catalog commit is what makes it current."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}.faiss"
+
+
+def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
+    """An empty, trained IVF-PQ index (the template all shards are copied from)."""
+    index = faiss.index_factory(dim, spec["factory"], faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False  # polysemous filtering is not used: candidates are re-ranked exactly
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def empty_shard(spec: dict, dim: int, template: faiss.Index | None) -> faiss.Index:
+    if spec["type"] == "flat":
+        return faiss.index_factory(dim, spec["factory"], faiss.METRIC_INNER_PRODUCT)
+    if template is None:
+        raise ValueError("an IVF-PQ shard needs the trained template")
+    return faiss.clone_index(template)
+
+
+def add_vectors(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def remove_ids(index: faiss.Index, ids) -> int:
+    ids = np.asarray(sorted(ids), dtype=np.int64)
+    return int(index.remove_ids(ids)) if len(ids) else 0
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
+    index = faiss.read_index(str(path))
+    if spec and spec.get("type") == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+    return index
+
+
+def search_shards(indexes: list[faiss.Index], queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` (scores, ids) over all shards, best first; missing results are (-inf, -1)."""
+    q = len(queries)
+    if not indexes or n <= 0:
+        return np.full((q, max(n, 0)), -np.inf, np.float32), np.full((q, max(n, 0)), -1, np.int64)
+    scores, ids = [], []
+    for index in indexes:
+        d, i = index.search(queries, n)
+        d[i < 0] = -np.inf
+        scores.append(d)
+        ids.append(i)
+    return merge_topk(np.hstack(scores), np.hstack(ids), n)
+
+
+def merge_topk(scores: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``n`` highest scores (and their ids), best first; padded with (-inf, -1)."""
+    q, width = scores.shape
+    if width < n:
+        scores = np.hstack([scores, np.full((q, n - width), -np.inf, np.float32)])
+        ids = np.hstack([ids, np.full((q, n - width), -1, np.int64)])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    top_s = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    top_i = np.take_along_axis(ids, order, axis=1)
+    top_i[~np.isfinite(top_s)] = -1
+    return top_s, top_i

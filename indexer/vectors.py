@@ -1,0 +1,121 @@
+"""The raw embeddings on disk: ``vectors/vec-<first id>.npy`` chunks of float16 rows.
+
+Ids are handed out consecutively at commit time, so one chunk holds the vectors of ids
+``first_id .. first_id + rows - 1`` and needs no separate id list. A chunk is written
+(atomically) before the metadata commit that makes its ids live; a chunk whose first id
+is not below the committed ``next_id`` belongs to a commit that never happened (a crash)
+and is deleted by the next writer. Rows of deleted ids stay in their chunk, unused.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from indexer.layout import TMP_SUFFIX, atomic_path
+
+_CHUNK = re.compile(r"^vec-(\d{12})\.npy$")
+
+
+def chunk_path(directory: Path, first_id: int) -> Path:
+    return directory / f"vec-{first_id:012d}.npy"
+
+
+def write_chunk(directory: Path, first_id: int, vectors: np.ndarray) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = chunk_path(directory, first_id)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(vectors, dtype=np.float16))
+    return path
+
+
+def list_chunks(directory: Path) -> list[tuple[int, Path]]:
+    """(first id, path) of every chunk, by first id."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), directory / m.group(0)) for m in map(_CHUNK.match, (p.name for p in directory.iterdir())) if m]
+    return sorted(found)
+
+
+def remove_uncommitted(directory: Path, next_id: int) -> int:
+    """Delete chunks (and temporary files) left by commits that did not happen; returns how many."""
+    removed = 0
+    for first_id, path in list_chunks(directory):
+        if first_id >= next_id:
+            path.unlink(missing_ok=True)
+            removed += 1
+    if directory.is_dir():
+        for tmp in directory.glob("*" + TMP_SUFFIX):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class VectorStore:
+    """Random access to the stored vectors by id (memory-mapped; nothing is loaded up front)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._maps: dict[int, np.ndarray] = {}
+        self._scan()
+
+    def _scan(self) -> None:
+        chunks = list_chunks(self.directory)
+        self._starts = [first for first, _ in chunks]
+        self._paths = [path for _, path in chunks]
+
+    def _chunk(self, i: int) -> np.ndarray:
+        arr = self._maps.get(i)
+        if arr is None:
+            with self._lock:
+                arr = self._maps.get(i)
+                if arr is None:
+                    arr = np.load(self._paths[i], mmap_mode="r")
+                    self._maps[i] = arr
+        return arr
+
+    def get(self, ids) -> np.ndarray:
+        """float32 [n, D], L2-normalised again after the float16 rounding, for committed ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if not self._covers(ids):
+            with self._lock:
+                self._scan()  # chunks committed since this store was opened
+                self._maps.clear()
+        chunk = np.searchsorted(np.asarray(self._starts, dtype=np.int64), ids, side="right") - 1
+        if (chunk < 0).any():
+            raise KeyError(f"no stored vector for ids {ids[chunk < 0][:5].tolist()}")
+        out = None
+        for c in np.unique(chunk):
+            sel = np.nonzero(chunk == c)[0]
+            arr = self._chunk(int(c))
+            rows = ids[sel] - self._starts[c]
+            if rows.max() >= len(arr):
+                raise KeyError(f"no stored vector for ids {ids[sel][rows >= len(arr)][:5].tolist()}")
+            if out is None:
+                out = np.empty((len(ids), arr.shape[1]), dtype=np.float32)
+            order = np.argsort(rows)  # reads in file order are kinder to the page cache
+            out[sel[order]] = arr[rows[order]]
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def _covers(self, ids: np.ndarray) -> bool:
+        if not self._starts or int(ids.min()) < self._starts[0]:
+            return False
+        last = len(self._starts) - 1
+        return int(ids.max()) - self._starts[last] < len(self._chunk(last))
+
+    @property
+    def dim(self) -> int:
+        return self._chunk(0).shape[1] if self._paths else 0
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first id, float16 memmap) of every chunk, in id order."""
+        for i, first in enumerate(self._starts):
+            yield first, self._chunk(i)

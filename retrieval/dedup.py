@@ -1,0 +1,226 @@
+"""Duplicate detection over an index: exact copies, then near duplicates (the copy-detection
+step of the DINOv2 data pipeline), with a keeper per group and reviewers' verdicts honoured.
+
+``find_duplicates(reader)`` groups the index with itself. ``against=`` instead finds the
+index images that duplicate *another* set (a test set that must not leak into training
+data): one group per item of the other set, that item as the keeper, the index images
+matching it as the members to remove; the index is not grouped with itself.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.dedup_result import DedupResult, Group, Member
+from retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keeper_rank, labels_from_keys
+from retrieval.knn_graph import choose_method, knn_edges
+from retrieval.reports import apply_reviews, load_reviews
+from trainer.devices import resolve_device
+from trainer.errors import UserError
+
+# Chosen from the precision-recall curves of benchmarks/dedup_quality.py (README, section
+# "dedup"): with the weights available offline it must be revisited for real DINOv2 weights.
+DEFAULT_THRESHOLD = 0.9
+DEFAULT_K = 10
+
+
+class _Items:
+    """Facts about a set of images, as parallel arrays (rows), plus their vectors."""
+
+    def __init__(self, ids, paths, width, height, size, mtime, content, pixels, vectors) -> None:
+        self.ids, self.paths = ids, paths
+        self.width, self.height = np.asarray(width, np.int64), np.asarray(height, np.int64)
+        self.size, self.mtime = np.asarray(size, np.int64), np.asarray(mtime, np.float64)
+        self.content, self.pixels = content, pixels
+        v = np.asarray(vectors, np.float32)
+        # vectors/ keeps float16: renormalise so that a vector's cosine with itself is 1.
+        self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def member(self, row: int, is_keeper: bool, score: float, reason: str, external: bool = False) -> Member:
+        return Member(
+            id=None if self.ids is None else int(self.ids[row]), path=self.paths[row], is_keeper=is_keeper,
+            score=round(float(score), 6), reason=reason, width=int(self.width[row]), height=int(self.height[row]),
+            size=int(self.size[row]), external=external,
+        )
+
+
+def _index_items(reader) -> _Items:
+    ids = reader.ids()
+    recs = reader.records(ids)
+    if len(recs) != len(ids):  # a concurrent run deleted some: keep the ids that still have records
+        ids = np.array([r.id for r in recs], np.int64)
+    return _Items(
+        ids, [r.path for r in recs], [r.width for r in recs], [r.height for r in recs], [r.size for r in recs],
+        [r.mtime for r in recs], [r.content_hash for r in recs], [r.pixel_hash for r in recs], reader.vectors(ids),
+    )
+
+
+def _folder_items(reader, paths: Sequence[str | os.PathLike], device: str, weights: str | None,
+                  progress: bool) -> tuple[_Items, list[tuple[str, str]]]:
+    """Embed image files exactly as the index was (same decoder, model, preprocessing)."""
+    from indexer.file_dataset import file_loader
+
+    emb = reader.embedder(device=device, weights=weights)
+    workers = min(4, (os.cpu_count() or 2) // 2) if len(paths) > 64 else 0
+    items, vecs, skipped = [], [], []
+    with tqdm(total=len(paths), desc="embedding --against", unit="img", disable=not progress) as bar:
+        for batch in file_loader([str(p) for p in paths], emb.preprocess, batch_size=32, workers=workers):
+            skipped += [(f.path, f.reason) for f in batch.failed]
+            for tensor, members in batch.groups:
+                vecs.append(emb.embed_batch(tensor))
+                items += members
+            bar.update(len(batch.failed) + sum(len(m) for _, m in batch.groups))
+    vectors = np.concatenate(vecs) if vecs else np.zeros((0, emb.dim), np.float32)
+    return _Items(
+        None, [f.path for f in items], [f.width for f in items], [f.height for f in items],
+        [f.size for f in items], [f.mtime for f in items], [f.content_hash for f in items],
+        [f.pixel_hash for f in items], vectors,
+    ), skipped
+
+
+def _reason(exact: bool) -> str:
+    return "exact" if exact else "near"
+
+
+def _self_groups(items: _Items, rows: list[RowGroup]) -> list[Group]:
+    groups = []
+    for n, g in enumerate(rows, 1):
+        others_exact = bool(g.exact[1:].all())
+        members = [items.member(int(r), i == 0, s, _reason(others_exact if i == 0 else bool(e)))
+                   for i, (r, s, e) in enumerate(zip(g.rows, g.scores, g.exact))]
+        groups.append(Group(n, members[0].id, members))
+    return groups
+
+
+def _against_groups(items: _Items, other: _Items, threshold: float, method: str, device: str,
+                    progress: bool) -> tuple[list[Group], dict]:
+    """One group per item of ``other`` that index rows duplicate; each index row joins at most
+    one group (its best match), so nothing is moved twice."""
+    best: dict[int, tuple[int, float, bool]] = {}  # index row -> (other row, score, exact)
+    src, dst, score = knn_edges(items.vectors, k=1, threshold=threshold, y=other.vectors, method=method,
+                                device=device, progress=progress)
+    for a, b, s in zip(src.tolist(), dst.tolist(), score.tolist()):
+        best[a] = (b, s, False)
+    by_hash: dict[str, int] = {}
+    for j, (c, p) in enumerate(zip(other.content, other.pixels)):
+        by_hash.setdefault("c" + c, j)
+        if p:
+            by_hash.setdefault("p" + p, j)
+    n_exact = 0
+    for i, (c, p) in enumerate(zip(items.content, items.pixels)):
+        j = by_hash.get("c" + c, by_hash.get("p" + p) if p else None)
+        if j is not None:
+            best[i] = (j, float(items.vectors[i] @ other.vectors[j]), True)
+            n_exact += 1
+    members_of: dict[int, list[tuple[int, float, bool]]] = {}
+    for i, (j, s, exact) in best.items():
+        members_of.setdefault(j, []).append((i, s, exact))
+    groups = []
+    for n, j in enumerate(sorted(members_of, key=lambda j: other.paths[j]), 1):
+        matched = sorted(members_of[j], key=lambda t: (not t[2], -t[1], items.paths[t[0]]))
+        keeper = other.member(j, True, 1.0, _reason(all(e for _, _, e in matched)), external=True)
+        groups.append(Group(n, None, [keeper] + [items.member(i, False, s, _reason(e)) for i, s, e in matched]))
+    return groups, {"exact_matches": n_exact, "near_edges": int(len(src))}
+
+
+def _open_against(reader, against, device: str, weights: str | None, progress: bool) -> tuple[_Items, dict]:
+    from retrieval.index import IndexReader
+
+    if isinstance(against, IndexReader):
+        from indexer.identity import identity_mismatch
+
+        problem = identity_mismatch(reader.identity, against.identity)
+        if problem:
+            raise UserError(f"--against index {against.root} is not comparable: {problem}")
+        return _index_items(against), {"against_images": len(against)}
+    items, skipped = _folder_items(reader, list(against), device, weights, progress)
+    return items, {"against_images": len(items), "against_skipped": len(skipped)}
+
+
+def find_duplicates(
+    reader,
+    threshold: float = DEFAULT_THRESHOLD,
+    k: int = DEFAULT_K,
+    keep: str = "largest",
+    against=None,
+    split: bool = True,
+    device: str = "auto",
+    method: str = "auto",
+    nprobe: int = 16,
+    weights: str | None = None,
+    against_label: str | None = None,
+    progress: bool = False,
+) -> DedupResult:
+    """Duplicate groups of the index behind ``reader`` (``retrieval.index.IndexReader``).
+
+    ``against``: None (the index with itself), another ``IndexReader``, or image paths
+    (embedded with the index's own model: ``weights`` if it moved). Groups a reviewer marked
+    "not duplicates" are left out; keepers a reviewer chose stay keepers.
+    """
+    if keep not in KEEP_POLICIES:
+        raise UserError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, not {keep!r}")
+    if not -1.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold is a cosine similarity in [-1, 1], not {threshold}")
+    t0 = time.perf_counter()
+    items = _index_items(reader)
+    dev = resolve_device(device)
+    params = {
+        "threshold": threshold, "k": k, "keep": keep, "split": split, "nprobe": nprobe,
+        "against": against_label if against is not None else None, "index": str(reader.root),
+        "model": reader.identity.get("model"), "weights_sha256": reader.identity.get("weights_sha256"),
+        "preprocess": (reader.identity.get("preprocess") or {}).get("mode"),
+    }
+    stats: dict = {"images": len(items)}
+    if against is not None:
+        other, more = _open_against(reader, against, str(dev), weights, progress)
+        stats.update(more)
+        params["method"] = choose_method(len(items), len(other), dev) if method == "auto" else method
+        if len(items) and len(other):
+            groups, more = _against_groups(items, other, threshold, params["method"], str(dev), progress)
+            stats.update(more)
+        else:
+            groups = []
+    else:
+        params["method"] = choose_method(len(items), len(items), dev) if method == "auto" else method
+        rank = keeper_rank(keep, items.width, items.height, items.size, items.mtime, items.paths)
+        reviews = load_reviews(reader.engine)
+        row_of = {int(i): r for r, i in enumerate(items.ids)}
+        for review in reviews.values():
+            if review["keeper_id"] in row_of:  # a reviewer's keeper outranks every policy choice
+                rank[row_of[review["keeper_id"]]] -= len(items)
+        exact = labels_from_keys(len(items), items.content, items.pixels)
+        stats["exact_copies"] = int((exact != np.arange(len(items))).sum())
+        rows = find_groups(items.vectors, threshold, k=k, rank=rank, exact_labels=exact, split=split,
+                           method=params["method"], device=dev, nprobe=nprobe, progress=progress) if len(items) else []
+        groups = apply_reviews(_self_groups(items, rows), reviews)
+        stats["not_duplicates_skipped"] = len(rows) - len(groups)
+        for n, g in enumerate(groups, 1):
+            g.group = n
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return DedupResult(groups, params, stats)
+
+
+def against_source(path: str | os.PathLike) -> tuple[object, str]:
+    """What ``--against PATH`` names: an index directory (opened) or a folder/file of images
+    (their paths, found by content). Returns (index reader or path list, label)."""
+    from indexer.discover import find_images
+    from indexer.layout import IndexPaths
+    from retrieval.index import open_index
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--against {path}: no such file or folder")
+    if IndexPaths.of(p).exists():
+        return open_index(p), f"index:{p.resolve()}"
+    paths = list(find_images([p]))
+    if not paths:
+        raise UserError(f"--against {path}: no images there (and not an index directory)")
+    return paths, str(p.resolve())

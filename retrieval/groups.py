@@ -1,0 +1,185 @@
+"""Duplicate groups from vectors: union-find over exact copies and kNN edges, a stricter
+per-group split, and the keeper policy.
+
+Everything here works on plain arrays (row numbers, not index ids), so it is tested and
+benchmarked without an index; ``retrieval.dedup`` maps rows to images.
+
+Why the split: connected components chain. A crop links to its original, the original to
+a recoloured copy, that copy to a different photo of the same scene..., and one weak
+link per step is enough to merge unrelated photos. After the components are found, each
+is split into *stars*: the best keeper (by policy) among the members still unassigned
+takes every remaining member whose cosine *to it* is at least the threshold; repeat.
+So every reported member is directly similar to its keeper, and the score listed for it
+is that similarity. Exact copies are never separated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from retrieval.knn_graph import knn_edges
+
+KEEP_POLICIES = ("largest", "oldest", "first")
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 (union by size, path halving)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
+    def union_pairs(self, src: np.ndarray, dst: np.ndarray) -> None:
+        for a, b in zip(src.tolist(), dst.tolist()):
+            self.union(a, b)
+
+    def labels(self) -> np.ndarray:
+        """The root of every element (fully compressed, vectorised pointer jumping)."""
+        p = self.parent
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                break
+            p = q
+        self.parent = p
+        return p.copy()
+
+
+def labels_from_keys(n: int, *keys: Sequence) -> np.ndarray:
+    """Row labels where rows sharing any non-empty key (content hash, pixel hash ...) share a label."""
+    uf = UnionFind(n)
+    for column in keys:
+        first: dict = {}
+        for i, key in enumerate(column):
+            if key:
+                j = first.setdefault(key, i)
+                if j != i:
+                    uf.union(j, i)
+    return uf.labels()
+
+
+def components(labels: np.ndarray, min_size: int = 2) -> list[np.ndarray]:
+    """Rows grouped by label (ascending rows inside each), groups of at least ``min_size``."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    cuts = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
+    return [c for c in np.split(order, cuts) if len(c) >= min_size]
+
+
+def keeper_rank(policy: str, width: np.ndarray, height: np.ndarray, size: np.ndarray, mtime: np.ndarray,
+                paths: Sequence[str]) -> np.ndarray:
+    """Keeper preference per row, 0 = the best keeper; every tie is broken by path, so the
+    choice never depends on index order.
+
+    largest: most pixels, then most bytes (less compressed); oldest: earliest mtime;
+    first: first path in sorted order.
+    """
+    path_order = np.argsort(np.asarray(paths, dtype=object), kind="stable")
+    path_rank = np.empty(len(path_order), np.int64)
+    path_rank[path_order] = np.arange(len(path_order))
+    if policy == "largest":
+        pixels = np.asarray(width, np.int64) * np.asarray(height, np.int64)
+        keys = (path_rank, -np.asarray(size, np.int64), -pixels)
+    elif policy == "oldest":
+        keys = (path_rank, np.asarray(mtime, np.float64))
+    elif policy == "first":
+        keys = (path_rank,)
+    else:
+        raise ValueError(f"unknown keep policy {policy!r}: use one of {', '.join(KEEP_POLICIES)}")
+    order = np.lexsort(keys)  # the last key is the primary one
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def star_split(vectors: np.ndarray, rank: np.ndarray, threshold: float, atoms: np.ndarray | None = None) -> list[np.ndarray]:
+    """Split one component (its ``vectors``, ``rank``, exact-copy ``atoms`` labels) into stars.
+
+    Returns local row arrays, keeper first, each of at least two rows. A member joins the
+    star of the best-ranked unassigned row whose cosine to it is >= ``threshold``.
+    """
+    m = len(vectors)
+    remaining = np.ones(m, bool)
+    stars = []
+    for c in np.argsort(rank, kind="stable"):
+        if not remaining[c]:
+            continue
+        rem = np.flatnonzero(remaining)
+        close = (vectors[rem] @ vectors[c]) >= threshold
+        close[rem == c] = True
+        star = rem[close]
+        if atoms is not None:
+            star = rem[np.isin(atoms[rem], atoms[star])]
+        remaining[star] = False
+        if len(star) >= 2:
+            rest = star[star != c]
+            stars.append(np.concatenate([[c], rest[np.argsort(rank[rest], kind="stable")]]))
+    return stars
+
+
+@dataclass
+class RowGroup:
+    rows: np.ndarray  # keeper first
+    scores: np.ndarray  # cosine of each row to the keeper (1.0 for the keeper)
+    exact: np.ndarray  # bool: row is an exact copy (same content or pixels) of the keeper
+
+
+def find_groups(
+    vectors: np.ndarray,
+    threshold: float,
+    k: int = 10,
+    rank: np.ndarray | None = None,
+    exact_labels: np.ndarray | None = None,
+    split: bool = True,
+    method: str = "auto",
+    device: str | torch.device = "auto",
+    nprobe: int = 16,
+    progress: bool = False,
+) -> list[RowGroup]:
+    """Duplicate groups among the rows of ``vectors`` (L2-normalised): exact copies
+    (``exact_labels`` from ``labels_from_keys``) first, then kNN edges with cosine >= ``threshold``, connected
+    components, and (``split``) the star split. ``rank``: keeper preference, 0 = best
+    (default: row order). Groups come ordered by their keeper's rank."""
+    n = len(vectors)
+    rank = np.arange(n) if rank is None else np.asarray(rank)
+    uf = UnionFind(n)
+    if exact_labels is not None:
+        copies = np.flatnonzero(exact_labels != np.arange(n))
+        uf.union_pairs(copies, exact_labels[copies])
+    src, dst, _ = knn_edges(vectors, k=k, threshold=threshold, method=method, device=device, nprobe=nprobe,
+                            progress=progress)
+    uf.union_pairs(src, dst)
+    groups = []
+    for comp in components(uf.labels()):
+        if split and len(comp) > 2:
+            atoms = None if exact_labels is None else exact_labels[comp]
+            parts = [comp[s] for s in star_split(vectors[comp], rank[comp], threshold, atoms)]
+        else:
+            # Two rows joined by one edge (or exact copies) pass the split check by construction.
+            parts = [comp[np.argsort(rank[comp], kind="stable")]]
+        for rows in parts:
+            scores = vectors[rows] @ vectors[rows[0]]
+            scores[0] = 1.0
+            exact = np.zeros(len(rows), bool) if exact_labels is None else exact_labels[rows] == exact_labels[rows[0]]
+            groups.append(RowGroup(rows, scores.astype(np.float32), exact))
+    groups.sort(key=lambda g: rank[g.rows[0]])
+    return groups

@@ -1,0 +1,72 @@
+"""``teacher_backbone.pth``: the teacher's backbone as a bare state dict in the official key layout.
+
+Such a file carries no architecture, so :func:`trainer.weights.infer_config` reads it
+back from the tensor shapes and the DINOv2 conventions (64-dim heads for non-official
+sizes, interpolation settings by register count). :func:`check_exportable` refuses, at
+the start of a run, an architecture that would not be read back as trained.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from trainer.errors import UserError
+from trainer.models import BackboneConfig, DinoVisionTransformer
+
+# What decides how a loaded backbone computes (init values and drop path do not).
+_COMPARED = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size", "ffn_layer",
+             "num_register_tokens", "interpolate_antialias", "interpolate_offset")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary name in the same folder, flush to disk, then rename:
+    a crash leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def backbone_state(teacher_state: dict) -> dict:
+    """``backbone.*`` keys of a teacher state dict, prefix removed (the official layout)."""
+    return {k.removeprefix("backbone."): v for k, v in teacher_state.items() if k.startswith("backbone.")}
+
+
+def export_teacher_backbone(teacher_state: dict, path: str | Path) -> None:
+    atomic_save(backbone_state(teacher_state), path)
+
+
+def check_exportable(cfg: BackboneConfig) -> str:
+    """The model name the exported file will load as ("custom" for non-official sizes);
+    raises if the file would load as a different architecture."""
+    from trainer.weights import infer_config
+
+    with torch.device("meta"):
+        shapes = DinoVisionTransformer(cfg).state_dict()
+    name, inferred = infer_config(shapes)
+    wrong = [
+        f"{k}={getattr(cfg, k)} (would load as {getattr(inferred, k)})"
+        for k in _COMPARED
+        if getattr(cfg, k) != getattr(inferred, k)
+    ]
+    if (cfg.init_values is None) != (inferred.init_values is None):
+        wrong.append("layerscale")
+    if wrong:
+        raise UserError(
+            "teacher_backbone.pth (official key layout) could not describe this backbone: "
+            + ", ".join(wrong)
+            + "; use num_heads = embed_dim / 64 for non-official sizes, and interpolate_offset 0.0 with "
+            "interpolate_antialias true for register models"
+        )
+    return name or "custom"

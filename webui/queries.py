@@ -1,0 +1,94 @@
+"""Searches as the pages and the API run them: by an indexed id or by an uploaded image.
+
+Both go through the one :class:`retrieval.index.IndexReader` the app holds. Embedding an
+upload runs the backbone, which already uses every core for one image; a lock lets one
+upload through at a time so that concurrent uploads queue instead of fighting over the
+cores and memory. Searches by id only read vectors and Faiss shards and run concurrently.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+
+import numpy as np
+from flask import abort, current_app
+from PIL import Image
+from werkzeug.datastructures import FileStorage
+
+from webui.imaging import open_rgb
+
+_model_lock = threading.Lock()
+
+
+def reader():
+    """The app's index reader."""
+    return current_app.extensions["dinoret.reader"]
+
+
+def parse_k(value) -> int:
+    """``k`` from a request (default ``K_DEFAULT``), 400 unless 1 <= k <= ``K_MAX``."""
+    if value in (None, ""):
+        return current_app.config["K_DEFAULT"]
+    kmax = current_app.config["K_MAX"]
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        abort(400, description=f"k must be a whole number from 1 to {kmax}")
+    if not 1 <= k <= kmax:
+        abort(400, description=f"k must be from 1 to {kmax}")
+    return k
+
+
+def parse_id(value) -> int:
+    """An image id from a request: 400 unless it is a whole number, 404 unless it is in the index."""
+    try:
+        image_id = int(value)
+    except (TypeError, ValueError):
+        abort(400, description="id must be the whole-number id of an indexed image")
+    record_or_404(image_id)
+    return image_id
+
+
+def record_or_404(image_id: int):
+    record = reader().record(image_id) if image_id >= 0 else None
+    if record is None:
+        abort(404, description=f"no image with id {image_id} in the index")
+    return record
+
+
+def record_dict(record) -> dict:
+    return asdict(record)
+
+
+def _hits(scores: np.ndarray, ids: np.ndarray, k: int, leave_out: int | None = None) -> list[dict]:
+    found = [(float(sc), int(i)) for sc, i in zip(scores, ids) if i >= 0 and i != leave_out][:k]
+    records = {rec.id: rec for rec in reader().records([i for _, i in found])}
+    live = [(sc, records[i]) for sc, i in found if i in records]  # an id deleted meanwhile is left out
+    return [{"rank": rank, "id": rec.id, "path": rec.path, "score": sc} for rank, (sc, rec) in enumerate(live, 1)]
+
+
+def search_by_id(image_id: int, k: int) -> list[dict]:
+    """The ``k`` images most like indexed image ``image_id``, leaving out the image itself."""
+    r = reader()
+    scores, ids = r.search(r.vectors(np.array([image_id], dtype=np.int64)), k=k + 1)
+    return _hits(scores[0], ids[0], k, leave_out=image_id)
+
+
+def decode_upload(upload: FileStorage | None) -> Image.Image:
+    """The uploaded file as an RGB image; ``BadImage`` (a 400) for anything else."""
+    if upload is None:
+        abort(400, description="no image uploaded (multipart field 'image')")
+    return open_rgb(upload.stream, current_app.config["MAX_UPLOAD_PIXELS"])
+
+
+def load_embedder(app) -> None:
+    """Load the collection's embedder now (``DEVICE``, ``WEIGHTS``): missing or mismatched
+    weights stop the server at start with the reader's message, not at the first upload."""
+    app.extensions["dinoret.reader"].configure_embedder(device=app.config["DEVICE"], weights=app.config["WEIGHTS"])
+
+
+def search_by_image(image: Image.Image, k: int) -> list[dict]:
+    """The ``k`` indexed images most like ``image``, embedded as the collection was."""
+    with _model_lock:
+        hits = reader().search_images([image], k=k)[0]
+    return [{"rank": h.rank, "id": h.id, "path": h.path, "score": h.score} for h in hits]
