@@ -27,7 +27,8 @@ Curves (CSV) and a plot go to ``--out``.
 \b
 Examples:
   .venv/bin/python benchmarks/dedup_quality.py --weights random          # random-init ViT-S/14
-  .venv/bin/python benchmarks/dedup_quality.py --weights teacher_backbone.pth --model dinov2_vits14
+  .venv/bin/python benchmarks/dedup_quality.py --weights runs/cpu_small/teacher_backbone.pth   # architecture from the file
+  .venv/bin/python benchmarks/dedup_quality.py --weights dinov2_vits14_pretrain.pth --model dinov2_vits14
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_MODEL = "dinov2_vits14"
 HASH_BITS = 64
 IMAGEDEDUP_DEFAULT_DISTANCE = 10  # imagededup's find_duplicates default max_distance_threshold
 
@@ -125,7 +127,7 @@ def generated(data: Path, work: Path) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- methods
-def dinoret_scores(paths: list[str], model: str, weights: str, mode: str, device: str) -> np.ndarray:
+def dinoret_scores(paths: list[str], model: str | None, weights: str, mode: str, device: str) -> np.ndarray:
     """Cosine matrix from the index's own decode + preprocess + embed path."""
     import torch
 
@@ -137,9 +139,11 @@ def dinoret_scores(paths: list[str], model: str, weights: str, mode: str, device
 
     if weights == "random":
         torch.manual_seed(0)
-        net = build_model(model)
-        backbone = Backbone(net, model, net.cfg, "random-init", "random-init")
+        net = build_model(model or DEFAULT_MODEL)
+        backbone = Backbone(net, model or DEFAULT_MODEL, net.cfg, "random-init", "random-init")
     else:
+        # model None: the architecture the file describes (or its tensor shapes), so a small
+        # backbone trained by `dinoret train` loads as trained, not as a ViT-S/14.
         backbone = load_backbone(model, weights)
     emb = Embedder(backbone, Preprocess(mode=mode), device)
     vec_of = {}
@@ -230,7 +234,8 @@ def best_f1_threshold(s: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True, help="backbone weights file, or 'random' for a random-init backbone")
-    ap.add_argument("--model", default="dinov2_vits14")
+    ap.add_argument("--model", default=None,
+                    help=f"backbone name [{DEFAULT_MODEL} with --weights random, else read from the weights file]")
     ap.add_argument("--modes", nargs="+", default=["crop", "whole"], choices=["crop", "whole"])
     ap.add_argument("--threshold", type=float, default=None, help="dinoret operating threshold [DEFAULT_THRESHOLD]")
     ap.add_argument("--device", default="cpu")
@@ -246,7 +251,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-    weights_label = f"random-init {args.model}" if args.weights == "random" else f"{args.model} {args.weights}"
+    weights_label = (f"random-init {args.model or DEFAULT_MODEL}" if args.weights == "random"
+                     else f"{args.model or 'backbone'} {args.weights}")
     sets = {
         "generated": generated(args.data, args.work),  # first: thresholds are tuned on it
         "augly_copydetect": augly_copydetect(args.data),

@@ -119,6 +119,8 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run(n: int, args) -> dict:
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"index_scale_{n}_", dir=args.workdir))
     paths = IndexPaths.of(workdir / "idx")
     paths.root.mkdir(parents=True)

@@ -23,9 +23,12 @@ from retrieval.reports import apply_reviews, load_reviews
 from trainer.devices import resolve_device
 from trainer.errors import UserError
 
-# Chosen from the precision-recall curves of benchmarks/dedup_quality.py (README, section
-# "dedup"): with the weights available offline it must be revisited for real DINOv2 weights.
-DEFAULT_THRESHOLD = 0.9
+# The best mean F1 over the three image sets of benchmarks/dedup_quality.py for the only
+# trained backbone measurable offline (a small ViT trained by benchmarks/train_eval.py), default
+# crop preprocessing; the other measured backbone/preprocessing pairs score within 0.025 of
+# their own best mean F1 there (README, "dedup").
+# Official DINOv2 weights spread similarities wider: re-measure with them before trusting it.
+DEFAULT_THRESHOLD = 0.95
 DEFAULT_K = 10
 
 
@@ -140,7 +143,11 @@ def _open_against(reader, against, device: str, weights: str | None, progress: b
         problem = identity_mismatch(reader.identity, against.identity)
         if problem:
             raise UserError(f"--against index {against.root} is not comparable: {problem}")
-        return _index_items(against), {"against_images": len(against)}
+        items = _index_items(against)
+        # Its ids number another index's images: in this index's report (and the web UI, which
+        # serves images by id) they would name the wrong files, so external items carry none.
+        items.ids = None
+        return items, {"against_images": len(items)}
     items, skipped = _folder_items(reader, list(against), device, weights, progress)
     return items, {"against_images": len(items), "against_skipped": len(skipped)}
 

@@ -12,7 +12,7 @@ Two engines give the same kind of answer:
   ``benchmarks/dedup_speed.py`` measures that recall on planted duplicate pairs.
 
 ``method="auto"`` picks exact on a GPU, and on a CPU up to ``EXACT_MAX_CPU_PAIRS`` query x database pairs
-(where the blocked matmul stops being faster than Faiss: see the README's benchmarks).
+(where the blocked matmul stops being faster than Faiss: `benchmarks/dedup_speed.py --switch`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from trainer.devices import resolve_device
 
 # Above this many (query x database) pairs on a CPU, Faiss IVF is clearly faster than the
 # exact blocked matmul: on 2 cores they cross near 10k x 10k (1.7 s vs 1.4 s) and Faiss is
-# 1.8x faster at 20k (benchmarks/dedup_speed.py --switch; README). Below it exactness is
+# 1.8x faster at 20k (benchmarks/dedup_speed.py --switch). Below it exactness is
 # worth the small difference.
 EXACT_MAX_CPU_PAIRS = 12_000 * 12_000
 BLOCK_BYTES = 256 << 20  # score block kept in memory at once

@@ -84,6 +84,35 @@ def test_unreadable_files_and_folders_are_reported(tmp_path):
     assert skipped == {"locked.jpg": "permission denied", "closed": "permission denied"}
 
 
+def test_permission_errors_are_reported_even_as_root(tmp_path, monkeypatch):
+    """The same reasons when the OS refuses (root ignores chmod, so the refusal is simulated)."""
+    import builtins
+    import errno
+
+    import indexer.discover as discover
+
+    make_image(tmp_path / "locked.jpg", 1)
+    make_image(tmp_path / "closed" / "x.jpg", 2)
+    make_image(tmp_path / "open.jpg", 3)
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith("locked.jpg"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def refusing_scandir(path="."):
+        if str(path).endswith("closed"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(discover.os, "scandir", refusing_scandir)
+    found, skipped = _find(tmp_path)
+    assert [p.name for p in found] == ["open.jpg"]
+    assert skipped == {"locked.jpg": "permission denied", "closed": "permission denied"}
+
+
 def test_fifo_does_not_block(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     make_image(tmp_path / "a.jpg", 1)

@@ -91,6 +91,10 @@ def test_param_groups_layerwise_decay_and_no_decay() -> None:
     assert mult("backbone.patch_embed.proj.weight")[0] == pytest.approx(0.9**3 * 0.2)
     assert mult("dino_head.mlp.0.weight") == (1.0, 1.0, False)
     assert mult("dino_head.last_layer.parametrizations.weight.original1")[2] is True
+    with_registers = Student(make_config(overrides=TINY + ["student.num_register_tokens=2"])).backbone
+    reg_group = next(g for g in build_optimizer([with_registers], cfg).param_groups
+                     if any(p is with_registers.register_tokens for p in g["params"]))
+    assert reg_group["lr_multiplier"] == pytest.approx(0.9**3)  # an embedding, like cls_token
     apply_schedules(opt, lr=0.1, wd=0.5, last_layer_lr=0.0)
     for g in opt.param_groups:
         assert g["lr"] == pytest.approx(0.0 if g["is_last_layer"] else 0.1 * g["lr_multiplier"])

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-_EMBEDDINGS = ("pos_embed", "patch_embed", "mask_token", "cls_token")
+_EMBEDDINGS = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
 
 
 def lr_decay_rate(name: str, decay: float, num_layers: int) -> float:

@@ -144,6 +144,7 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
     start = state["iteration"] if state else 0
     if ctx.is_main and state is None:
         atomic_write(output_dir / "files.json", lambda f: f.write(json.dumps(files).encode("utf-8", "surrogateescape")))
+    if ctx.is_main and (state is None or cfg != state["config"]):  # --set on --resume changes the run's config
         atomic_write(output_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
 
     name = check_exportable(backbone_config(cfg))

@@ -74,7 +74,7 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
 @click.command("dedup")
 @index_option
 @click.option("--threshold", "-t", type=click.FloatRange(-1, 1), default=None,
-              help="Cosine similarity at or above which two images are duplicates [default: 0.9, see README].")
+              help="Cosine similarity at or above which two images are duplicates [default: 0.95, see README].")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1),
               help="Neighbours looked at per image (a group can still grow larger through them).")
 @click.option("--against", type=click.Path(exists=True),
