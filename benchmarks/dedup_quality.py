@@ -20,7 +20,7 @@ DHash, WHash, score = 1 - Hamming distance / 64; imagededup CNN if its weights c
 
 Printed per method and set: average precision (area under the PR curve), ROC AUC, and
 precision / recall / F1 at each method's operating threshold: dinoret's ``--threshold``
-(default: ``retrieval.dedup.DEFAULT_THRESHOLD``), imagededup's own default (Hamming <= 10),
+(default: ``dinoret.retrieval.dedup.DEFAULT_THRESHOLD``), imagededup's own default (Hamming <= 10),
 and a threshold *tuned* on the generated set (best F1 there) applied to the two others.
 Curves (CSV) and a plot go to ``--out``.
 
@@ -60,9 +60,9 @@ def augly_copydetect(data: Path) -> list[tuple[str, str]]:
 
 
 def imagededup_testdata(data: Path) -> list[tuple[str, str]]:
-    from indexer.decode import SkipFile, open_image
-    from indexer.discover import find_images
-    from indexer.file_dataset import content_hash
+    from dinoret.indexer.decode import SkipFile, open_image
+    from dinoret.indexer.discover import find_images
+    from dinoret.indexer.file_dataset import content_hash
 
     seen, out = set(), []
     for p in find_images([data / "imagededup_testdata"]):
@@ -131,11 +131,11 @@ def dinoret_scores(paths: list[str], model: str | None, weights: str, mode: str,
     """Cosine matrix from the index's own decode + preprocess + embed path."""
     import torch
 
-    from indexer.embed import Embedder
-    from indexer.file_dataset import file_loader
-    from indexer.preprocess import Preprocess
-    from trainer.models import build_model
-    from trainer.weights import Backbone, load_backbone
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.file_dataset import file_loader
+    from dinoret.indexer.preprocess import Preprocess
+    from dinoret.core.models import build_model
+    from dinoret.core.weights import Backbone, load_backbone
 
     if weights == "random":
         torch.manual_seed(0)
@@ -247,7 +247,7 @@ def main() -> None:
 
     import torch
 
-    from retrieval.dedup import DEFAULT_THRESHOLD
+    from dinoret.retrieval.dedup import DEFAULT_THRESHOLD
 
     torch.set_num_threads(args.threads)
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold

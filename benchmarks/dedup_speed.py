@@ -1,7 +1,7 @@
 """Dedup speed and memory on synthetic DINOv2-sized vectors with planted near-duplicate pairs.
 
 Runs the same function ``dinoret dedup`` runs after reading the index
-(``retrieval.groups.find_groups``: kNN edges, union-find, star split) and prints wall time,
+(``dinoret.retrieval.groups.find_groups``: kNN edges, union-find, star split) and prints wall time,
 peak RAM (max RSS of a fresh process per size) and the recall of the planted pairs.
 
 Vectors: ``clusters`` random unit centres, members spread around them (cosine between two
@@ -61,7 +61,7 @@ def synthetic(n: int, d: int = 384, clusters: int = 1000, pairs: int = 1000, thr
 def run_one(n: int, method: str, device: str, k: int, threshold: float, nprobe: int, threads: int) -> dict:
     import torch
 
-    from retrieval.groups import find_groups
+    from dinoret.retrieval.groups import find_groups
 
     torch.set_num_threads(threads)
     try:
@@ -101,7 +101,7 @@ def switch_point(sizes: list[int], threads: int, k: int = 10) -> None:
     import torch
 
     import faiss
-    from retrieval.knn_graph import knn_edges
+    from dinoret.retrieval.knn_graph import knn_edges
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
@@ -121,14 +121,14 @@ def main() -> None:
     p.add_argument("--method", default="auto", choices=["auto", "exact", "faiss"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--threshold", type=float, default=None, help="default: retrieval.dedup.DEFAULT_THRESHOLD")
+    p.add_argument("--threshold", type=float, default=None, help="default: dinoret.retrieval.dedup.DEFAULT_THRESHOLD")
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--switch", action="store_true", help="time exact vs Faiss kNN on the CPU by N")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one size
     args = p.parse_args()
     if args.threshold is None:
-        from retrieval.dedup import DEFAULT_THRESHOLD
+        from dinoret.retrieval.dedup import DEFAULT_THRESHOLD
 
         args.threshold = DEFAULT_THRESHOLD
     if args.switch:

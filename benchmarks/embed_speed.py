@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from indexer.embed import Embedder
-from trainer.devices import resolve_device
-from trainer.models import build_model
-from trainer.weights import Backbone
+from dinoret.indexer.embed import Embedder
+from dinoret.core.devices import resolve_device
+from dinoret.core.models import build_model
+from dinoret.core.weights import Backbone
 
 
 def images_per_second(name: str, device: torch.device, batch: int, seconds: float) -> float:

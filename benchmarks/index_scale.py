@@ -9,9 +9,9 @@ pair is at cosine ~0), which makes every approximate index look terrible and res
 no real embedding set. Queries are fresh draws from the same mixture.
 
 Everything goes through the indexer's own code: records and float16 chunks are committed
-with ``indexer.commit.commit_vectors``, the index type is chosen by ``indexer.index_type`` and
-the shards are trained and written by ``indexer.sync.sync_shards``; search is
-``retrieval.index.IndexReader.search``. Ground truth is exact inner product over the
+with ``dinoret.indexer.commit.commit_vectors``, the index type is chosen by ``dinoret.indexer.index_type`` and
+the shards are trained and written by ``dinoret.indexer.sync.sync_shards``; search is
+``dinoret.retrieval.index.IndexReader.search``. Ground truth is exact inner product over the
 stored vectors for a subset of queries. RAM is the resident-memory growth of a fresh process
 when the reader loads the shards (the raw vectors stay on disk, memory-mapped, and are
 read only for re-ranking).
@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO))
 
 import faiss  # noqa: E402
 
-from indexer.catalog import open_catalog  # noqa: E402
-from indexer.commit import commit_vectors, create_info  # noqa: E402
-from indexer.layout import IndexPaths, disk_usage  # noqa: E402
-from indexer.meta import MetaStore, Record  # noqa: E402
-from indexer.sync import sync_shards  # noqa: E402
-from retrieval.index import open_index  # noqa: E402
+from dinoret.indexer.catalog import open_catalog  # noqa: E402
+from dinoret.indexer.commit import commit_vectors, create_info  # noqa: E402
+from dinoret.indexer.layout import IndexPaths, disk_usage  # noqa: E402
+from dinoret.indexer.meta import MetaStore, Record  # noqa: E402
+from dinoret.indexer.sync import sync_shards  # noqa: E402
+from dinoret.retrieval.index import open_index  # noqa: E402
 
 BLOCK = 100_000
 
@@ -57,7 +57,7 @@ def shard_ram(index_dir: Path) -> int:
     memory freed by the build would be reused and hide the growth)."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.index_scale import rss_bytes; "
-        "from retrieval.index import open_index; r = open_index(sys.argv[1]); "
+        "from dinoret.retrieval.index import open_index; r = open_index(sys.argv[1]); "
         "b = rss_bytes(); r.load(); print(rss_bytes() - b)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(index_dir), str(REPO)], check=True,

@@ -40,13 +40,13 @@ def build_synthetic_index(index_dir: Path, n: int, seed: int = 0) -> None:
     from sqlalchemy.orm import Session
     from tqdm import tqdm
 
-    from indexer.catalog import IndexInfo, open_catalog
-    from indexer.embed import Embedder
-    from indexer.layout import IndexPaths
-    from indexer.meta import MetaStore, Record
-    from indexer.sync import sync_shards
-    from indexer.vectors import write_chunk
-    from trainer.models import build_model
+    from dinoret.indexer.catalog import IndexInfo, open_catalog
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.layout import IndexPaths
+    from dinoret.indexer.meta import MetaStore, Record
+    from dinoret.indexer.sync import sync_shards
+    from dinoret.indexer.vectors import write_chunk
+    from dinoret.core.models import build_model
 
     torch.manual_seed(seed)
     weights = index_dir.parent / "vits14_random.pth"

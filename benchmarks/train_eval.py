@@ -35,14 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dinoret.commands.train import load_training_image  # noqa: E402
-from indexer.discover import find_images  # noqa: E402
-from indexer.embed import Embedder  # noqa: E402
-from indexer.preprocess import Preprocess  # noqa: E402
-from trainer.config import largest_crop, make_config, read_config_file  # noqa: E402
-from trainer.ssl import SSLMetaArch, backbone_config  # noqa: E402
-from trainer.train import train  # noqa: E402
-from trainer.models import DinoVisionTransformer  # noqa: E402
-from trainer.weights import Backbone, load_backbone  # noqa: E402
+from dinoret.indexer.discover import find_images  # noqa: E402
+from dinoret.indexer.embed import Embedder  # noqa: E402
+from dinoret.indexer.preprocess import Preprocess  # noqa: E402
+from dinoret.trainer.config import largest_crop, make_config, read_config_file  # noqa: E402
+from dinoret.trainer.ssl import SSLMetaArch, backbone_config  # noqa: E402
+from dinoret.trainer.train import train  # noqa: E402
+from dinoret.core.models import DinoVisionTransformer  # noqa: E402
+from dinoret.core.weights import Backbone, load_backbone  # noqa: E402
 
 
 def training_files(data: Path) -> list[str]:

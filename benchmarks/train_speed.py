@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import make_config  # noqa: E402
-from trainer.devices import autocast, resolve_device  # noqa: E402
-from trainer.masking import collate, mask_generator_for  # noqa: E402
-from trainer.optim import apply_schedules, build_optimizer  # noqa: E402
-from trainer.ssl import SSLMetaArch  # noqa: E402
+from dinoret.trainer.config import make_config  # noqa: E402
+from dinoret.core.devices import autocast, resolve_device  # noqa: E402
+from dinoret.trainer.masking import collate, mask_generator_for  # noqa: E402
+from dinoret.trainer.optim import apply_schedules, build_optimizer  # noqa: E402
+from dinoret.trainer.ssl import SSLMetaArch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

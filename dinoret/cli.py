@@ -13,7 +13,7 @@ import click
 
 import dinoret.commands
 from dinoret import __version__
-from trainer.errors import UserError
+from dinoret.core.errors import UserError
 
 
 class DinoretGroup(click.Group):

@@ -4,7 +4,7 @@ bring the shards up to date. Incremental, and resumable after a crash at any mom
 Commit protocol (why a ``kill -9`` loses at most the work since the last commit):
 1. a chunk of vectors is written to ``vectors/`` under its final name (tmp + rename);
 2. one LMDB transaction makes their records live (ids, paths, hashes, counters);
-3. at the end, the shards are synced from the committed vectors (see ``indexer.sync``).
+3. at the end, the shards are synced from the committed vectors (see ``dinoret.indexer.sync``).
 A chunk without its LMDB commit is deleted by the next run, whose walk finds those files
 uncommitted and embeds them again; a committed file is never embedded twice because the
 next run sees its path with the same size and mtime.
@@ -24,17 +24,17 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from indexer.catalog import IndexInfo, RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
-from indexer.commit import Committer, create_info
-from indexer.discover import find_images
-from indexer.file_dataset import FileItem, file_loader
-from indexer.identity import identity_mismatch
-from indexer.index_type import FLAT_MAX
-from indexer.layout import IndexPaths
-from indexer.meta import MetaStore, Record
-from indexer.sync import SyncResult, remove_unreferenced, sync_shards
-from indexer.vectors import remove_uncommitted
-from trainer.errors import UserError
+from dinoret.indexer.catalog import IndexInfo, RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
+from dinoret.indexer.commit import Committer, create_info
+from dinoret.indexer.discover import find_images
+from dinoret.indexer.file_dataset import FileItem, file_loader
+from dinoret.indexer.identity import identity_mismatch
+from dinoret.indexer.index_type import FLAT_MAX
+from dinoret.indexer.layout import IndexPaths
+from dinoret.indexer.meta import MetaStore, Record
+from dinoret.indexer.sync import SyncResult, remove_unreferenced, sync_shards
+from dinoret.indexer.vectors import remove_uncommitted
+from dinoret.core.errors import UserError
 
 DEFAULT_MODEL = "dinov2_vits14"
 DEFAULT_SHARD_SIZE = 1_000_000
@@ -87,8 +87,8 @@ def default_workers() -> int:
 
 
 def _load_embedder(info: IndexInfo | None, opts: BuildOptions):
-    from indexer.embed import Embedder
-    from indexer.preprocess import Preprocess
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.preprocess import Preprocess
 
     if info is None:
         preprocess = Preprocess(mode=opts.preprocess or "crop")

@@ -13,10 +13,10 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from indexer.catalog import IndexInfo, read_info
-from indexer.layout import IndexPaths
-from indexer.meta import MetaStore, Record
-from indexer.vectors import write_chunk
+from dinoret.indexer.catalog import IndexInfo, read_info
+from dinoret.indexer.layout import IndexPaths
+from dinoret.indexer.meta import MetaStore, Record
+from dinoret.indexer.vectors import write_chunk
 
 COMMIT_SECONDS = 60.0  # commit at least this often, whatever the count
 
@@ -66,7 +66,7 @@ def commit_vectors(paths: IndexPaths, items: Iterable[tuple[Record, np.ndarray]]
                    commit_every: int = 100_000) -> int:
     """Commit vectors computed elsewhere (benchmarks, tests, other embedders) into an index
     whose catalog entry exists; returns how many. The shards are brought up to date by
-    ``indexer.sync.sync_shards`` afterwards, as at the end of an index run."""
+    ``dinoret.indexer.sync.sync_shards`` afterwards, as at the end of an index run."""
     meta = MetaStore(paths.meta, readonly=False)
     try:
         committer = Committer(paths, meta, shard_size=shard_size, commit_every=commit_every)

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from indexer.decode import sniff_format
+from dinoret.indexer.decode import sniff_format
 
 # Only used to decide whether a file that does NOT sniff as an image is worth reporting.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from indexer.preprocess import Preprocess
-from trainer.devices import autocast, resolve_device
-from trainer.weights import Backbone, load_backbone
+from dinoret.indexer.preprocess import Preprocess
+from dinoret.core.devices import autocast, resolve_device
+from dinoret.core.weights import Backbone, load_backbone
 
 
 class Embedder:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.decode import SkipFile, open_image
-from indexer.preprocess import Preprocess
+from dinoret.indexer.decode import SkipFile, open_image
+from dinoret.indexer.preprocess import Preprocess
 
 
 @dataclass

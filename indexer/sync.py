@@ -16,12 +16,12 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from indexer.catalog import IndexInfo, ShardRow, read_info, read_shards
-from indexer.index_type import FLAT_MAX, choose_index
-from indexer.layout import TMP_SUFFIX, IndexPaths
-from indexer.meta import MetaStore
-from indexer.shards import add_vectors, empty_shard, new_file_name, read_index, remove_ids, train_template, write_index
-from indexer.vectors import VectorStore
+from dinoret.indexer.catalog import IndexInfo, ShardRow, read_info, read_shards
+from dinoret.indexer.index_type import FLAT_MAX, choose_index
+from dinoret.indexer.layout import TMP_SUFFIX, IndexPaths
+from dinoret.indexer.meta import MetaStore
+from dinoret.indexer.shards import add_vectors, empty_shard, new_file_name, read_index, remove_ids, train_template, write_index
+from dinoret.indexer.vectors import VectorStore
 
 ADD_BATCH = 65_536  # vectors decoded to float32 at once while filling a shard
 

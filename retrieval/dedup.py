@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.dedup_result import DedupResult, Group, Member
-from retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keeper_rank, labels_from_keys
-from retrieval.knn_graph import choose_method, knn_edges
-from retrieval.reports import apply_reviews, load_reviews
-from trainer.devices import resolve_device
-from trainer.errors import UserError
+from dinoret.retrieval.dedup_result import DedupResult, Group, Member
+from dinoret.retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keeper_rank, labels_from_keys
+from dinoret.retrieval.knn_graph import choose_method, knn_edges
+from dinoret.retrieval.reports import apply_reviews, load_reviews
+from dinoret.core.devices import resolve_device
+from dinoret.core.errors import UserError
 
 # The best mean F1 over the three image sets of benchmarks/dedup_quality.py for the only
 # trained backbone measurable offline (a small ViT trained by benchmarks/train_eval.py), default
@@ -69,7 +69,7 @@ def _index_items(reader) -> _Items:
 def _folder_items(reader, paths: Sequence[str | os.PathLike], device: str, weights: str | None,
                   progress: bool) -> tuple[_Items, list[tuple[str, str]]]:
     """Embed image files exactly as the index was (same decoder, model, preprocessing)."""
-    from indexer.file_dataset import file_loader
+    from dinoret.indexer.file_dataset import file_loader
 
     emb = reader.embedder(device=device, weights=weights)
     workers = min(4, (os.cpu_count() or 2) // 2) if len(paths) > 64 else 0
@@ -135,10 +135,10 @@ def _against_groups(items: _Items, other: _Items, threshold: float, method: str,
 
 
 def _open_against(reader, against, device: str, weights: str | None, progress: bool) -> tuple[_Items, dict]:
-    from retrieval.index import IndexReader
+    from dinoret.retrieval.index import IndexReader
 
     if isinstance(against, IndexReader):
-        from indexer.identity import identity_mismatch
+        from dinoret.indexer.identity import identity_mismatch
 
         problem = identity_mismatch(reader.identity, against.identity)
         if problem:
@@ -166,7 +166,7 @@ def find_duplicates(
     against_label: str | None = None,
     progress: bool = False,
 ) -> DedupResult:
-    """Duplicate groups of the index behind ``reader`` (``retrieval.index.IndexReader``).
+    """Duplicate groups of the index behind ``reader`` (``dinoret.retrieval.index.IndexReader``).
 
     ``against``: None (the index with itself), another ``IndexReader``, or image paths
     (embedded with the index's own model: ``weights`` if it moved). Groups a reviewer marked
@@ -218,9 +218,9 @@ def find_duplicates(
 def against_source(path: str | os.PathLike) -> tuple[object, str]:
     """What ``--against PATH`` names: an index directory (opened) or a folder/file of images
     (their paths, found by content). Returns (index reader or path list, label)."""
-    from indexer.discover import find_images
-    from indexer.layout import IndexPaths
-    from retrieval.index import open_index
+    from dinoret.indexer.discover import find_images
+    from dinoret.indexer.layout import IndexPaths
+    from dinoret.retrieval.index import open_index
 
     p = Path(path)
     if not p.exists():

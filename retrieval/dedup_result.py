@@ -1,6 +1,6 @@
 """The shape of a dedup result, shared by the finder, the catalog, the report files and the web UI.
 
-``DedupResult.to_dict()`` has exactly the shape ``retrieval.reports.load_report`` returns
+``DedupResult.to_dict()`` has exactly the shape ``dinoret.retrieval.reports.load_report`` returns
 (without ``id``/``created``), so every consumer reads one format.
 """
 from __future__ import annotations

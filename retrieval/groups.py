@@ -2,7 +2,7 @@
 per-group split, and the keeper policy.
 
 Everything here works on plain arrays (row numbers, not index ids), so it is tested and
-benchmarked without an index; ``retrieval.dedup`` maps rows to images.
+benchmarked without an index; ``dinoret.retrieval.dedup`` maps rows to images.
 
 Why the split: connected components chain. A crop links to its original, the original to
 a recoloured copy, that copy to a different photo of the same scene..., and one weak
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from retrieval.knn_graph import knn_edges
+from dinoret.retrieval.knn_graph import knn_edges
 
 KEEP_POLICIES = ("largest", "oldest", "first")
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
-from indexer.identity import identity_mismatch
-from indexer.layout import IndexPaths, disk_usage
-from indexer.meta import MetaStore, Record
-from indexer.shards import merge_topk, read_index, search_shards
-from indexer.vectors import VectorStore
-from trainer.errors import UserError
+from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
+from dinoret.indexer.identity import identity_mismatch
+from dinoret.indexer.layout import IndexPaths, disk_usage
+from dinoret.indexer.meta import MetaStore, Record
+from dinoret.indexer.shards import merge_topk, read_index, search_shards
+from dinoret.indexer.vectors import VectorStore
+from dinoret.core.errors import UserError
 
 __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
@@ -148,8 +148,8 @@ class IndexReader:
 
     def embedder(self, device: str = "auto", weights: str | None = None):
         """The collection's embedder: same model, weights (sha256 checked) and preprocessing."""
-        from indexer.embed import Embedder
-        from indexer.preprocess import Preprocess
+        from dinoret.indexer.embed import Embedder
+        from dinoret.indexer.preprocess import Preprocess
 
         path = Path(weights or self.weights_path)
         if not path.is_file():
@@ -177,7 +177,7 @@ class IndexReader:
 
     def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
         """Embed query images exactly as the collection was (file decode included)."""
-        from indexer.decode import SkipFile, open_image
+        from dinoret.indexer.decode import SkipFile, open_image
 
         emb = self._default_embedder()
         pil = []

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.devices import resolve_device
+from dinoret.core.devices import resolve_device
 
 # Above this many (query x database) pairs on a CPU, Faiss IVF is clearly faster than the
 # exact blocked matmul: on 2 cores they cross near 10k x 10k (1.7 s vs 1.4 s) and Faiss is

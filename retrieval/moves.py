@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainer.errors import UserError
-from trainer.weights import file_sha256
+from dinoret.core.errors import UserError
+from dinoret.core.weights import file_sha256
 
 MANIFEST_KIND = "dinoret-dedup-moves"
 

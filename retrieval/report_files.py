@@ -1,7 +1,7 @@
 """Dedup reports as files: HTML (self-contained, thumbnails embedded), JSON and CSV.
 
 All three are written from one dict, the shape of ``DedupResult.to_dict()`` /
-``retrieval.reports.load_report``. The HTML opens offline from disk: no script, no font,
+``dinoret.retrieval.reports.load_report``. The HTML opens offline from disk: no script, no font,
 no image outside the file (thumbnails are small base64 JPEGs).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import jinja2
 from tqdm import tqdm
 
-from indexer.decode import SkipFile, open_image
-from trainer.errors import UserError
+from dinoret.indexer.decode import SkipFile, open_image
+from dinoret.core.errors import UserError
 
 FORMATS = ("html", "json", "csv")
 CSV_COLUMNS = ("group", "id", "path", "is_keeper", "score", "reason", "width", "height", "size", "external")

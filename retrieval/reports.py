@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from sqlalchemy import JSON, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from retrieval.dedup_result import DedupResult, Group
-from trainer.errors import UserError
+from dinoret.retrieval.dedup_result import DedupResult, Group
+from dinoret.core.errors import UserError
 
 VERDICTS = ("not_duplicates", None)
 
@@ -215,7 +215,7 @@ def set_keeper(engine: Engine, member_ids: list[int], keeper_id: int) -> None:
 
 def apply_reviews(groups: list[Group], reviews: dict[frozenset, dict]) -> list[Group]:
     """Groups a fresh dedup run reports: those marked not-duplicates with the same members are
-    dropped; keepers chosen by reviewers are kept (see ``retrieval.groups`` for how they lead)."""
+    dropped; keepers chosen by reviewers are kept (see ``dinoret.retrieval.groups`` for how they lead)."""
     kept = []
     for g in groups:
         review = reviews.get(frozenset(g.member_ids()))

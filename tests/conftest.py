@@ -32,8 +32,8 @@ def shared_data() -> Path:
 
 
 def _save_random(path: Path, name: str, seed: int, **overrides) -> Path:
-    from trainer.models import build_model
-    from trainer.weights import save_backbone
+    from dinoret.core.models import build_model
+    from dinoret.core.weights import save_backbone
 
     torch.manual_seed(seed)
     save_backbone(path, build_model(name, **overrides), name=name if not overrides else "tiny")
@@ -50,7 +50,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vits14_weights(tmp_path_factory) -> Path:
     """ViT-S/14 with random weights in the official key layout (a bare state dict)."""
-    from trainer.models import build_model
+    from dinoret.core.models import build_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "dinov2_vits14_pretrain.pth"

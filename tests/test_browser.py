@@ -37,10 +37,10 @@ def ukbench_index(tmp_path_factory, shared_data, vits14_weights):
     """UKBench photos plus a smaller JPEG copy of ukbench00040 (a near-duplicate for the dedup report)."""
     from PIL import Image
 
-    from indexer.build import BuildOptions, build_index
-    from retrieval.dedup import find_duplicates
-    from retrieval.index import open_index
-    from retrieval.reports import save_report
+    from dinoret.indexer.build import BuildOptions, build_index
+    from dinoret.retrieval.dedup import find_duplicates
+    from dinoret.retrieval.index import open_index
+    from dinoret.retrieval.reports import save_report
 
     root = tmp_path_factory.mktemp("browser")
     copy = root / "copies" / "ukbench00040_small.jpg"

@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from indexer import decode
-from indexer.decode import SkipFile, open_image, sniff_format
+from dinoret.indexer import decode
+from dinoret.indexer.decode import SkipFile, open_image, sniff_format
 from tests.conftest import make_image
 
 

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dinoret.cli import main
-from indexer.build import BuildOptions, build_index
-from retrieval.dedup import find_duplicates
-from retrieval.index import open_index
-from retrieval.reports import load_report, set_group_verdict, set_keeper
+from dinoret.indexer.build import BuildOptions, build_index
+from dinoret.retrieval.dedup import find_duplicates
+from dinoret.retrieval.index import open_index
+from dinoret.retrieval.reports import load_report, set_group_verdict, set_keeper
 from tests.conftest import make_image
 
 THRESHOLD = 0.998
@@ -291,7 +291,7 @@ def test_user_errors_are_one_line_and_non_zero(tmp_path, collection):
 
 
 def test_help_states_the_default_threshold_in_use():
-    from retrieval.dedup import DEFAULT_THRESHOLD
+    from dinoret.retrieval.dedup import DEFAULT_THRESHOLD
 
     r = CliRunner().invoke(main, ["dedup", "--help"], terminal_width=200)
     assert r.exit_code == 0 and "Example:" in r.output

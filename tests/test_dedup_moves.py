@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from retrieval.moves import move_files, plan_moves, read_manifest, undo_moves
-from trainer.errors import UserError
+from dinoret.retrieval.moves import move_files, plan_moves, read_manifest, undo_moves
+from dinoret.core.errors import UserError
 
 
 def tree(root):

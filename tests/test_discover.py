@@ -6,7 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from indexer.discover import find_images
+from dinoret.indexer.discover import find_images
 from tests.conftest import make_image
 
 
@@ -89,7 +89,7 @@ def test_permission_errors_are_reported_even_as_root(tmp_path, monkeypatch):
     import builtins
     import errno
 
-    import indexer.discover as discover
+    import dinoret.indexer.discover as discover
 
     make_image(tmp_path / "locked.jpg", 1)
     make_image(tmp_path / "closed" / "x.jpg", 2)

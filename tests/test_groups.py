@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from retrieval.groups import (UnionFind, components, find_groups, keeper_rank, labels_from_keys,
+from dinoret.retrieval.groups import (UnionFind, components, find_groups, keeper_rank, labels_from_keys,
                               star_split)
 
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dinoret.cli import main
-from indexer.build import BuildOptions, build_index
-from retrieval.index import open_index
+from dinoret.indexer.build import BuildOptions, build_index
+from dinoret.retrieval.index import open_index
 from tests.conftest import make_image
 
 

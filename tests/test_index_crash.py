@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import sync as sync_module
-from indexer.build import BuildOptions, build_index
-from indexer.layout import TMP_SUFFIX
-from indexer.meta import MetaStore
-from indexer.shards import read_index
-from indexer.vectors import list_chunks
-from retrieval.index import open_index
+from dinoret.indexer import sync as sync_module
+from dinoret.indexer.build import BuildOptions, build_index
+from dinoret.indexer.layout import TMP_SUFFIX
+from dinoret.indexer.meta import MetaStore
+from dinoret.indexer.shards import read_index
+from dinoret.indexer.vectors import list_chunks
+from dinoret.retrieval.index import open_index
 from tests.conftest import REPO, make_image
 
 N_IMAGES = 40

@@ -8,14 +8,14 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.catalog import open_catalog, read_info, read_shards
-from indexer.commit import commit_vectors, create_info
-from indexer.index_type import FLAT_MAX, choose_index, choose_m, choose_nlist
-from indexer.layout import IndexPaths
-from indexer.meta import MetaStore, Record
-from indexer.shards import read_index
-from indexer.sync import sync_shards
-from retrieval.index import open_index
+from dinoret.indexer.catalog import open_catalog, read_info, read_shards
+from dinoret.indexer.commit import commit_vectors, create_info
+from dinoret.indexer.index_type import FLAT_MAX, choose_index, choose_m, choose_nlist
+from dinoret.indexer.layout import IndexPaths
+from dinoret.indexer.meta import MetaStore, Record
+from dinoret.indexer.shards import read_index
+from dinoret.indexer.sync import sync_shards
+from dinoret.retrieval.index import open_index
 
 DIM = 64
 

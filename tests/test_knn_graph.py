@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from retrieval.knn_graph import choose_method, knn_edges
+from dinoret.retrieval.knn_graph import choose_method, knn_edges
 
 
 def unit(rng, n, d=32):
@@ -37,7 +37,7 @@ def test_self_graph_matches_brute_force(method):
 
 
 def test_block_boundaries_and_self_exclusion(monkeypatch):
-    import retrieval.knn_graph as kg
+    import dinoret.retrieval.knn_graph as kg
 
     monkeypatch.setattr(kg, "BLOCK_BYTES", 4 * 7 * 50)  # 7 rows per block over 50 vectors
     rng = np.random.default_rng(1)

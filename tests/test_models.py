@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.models import MODELS, build_model
+from dinoret.core.models import MODELS, build_model
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402

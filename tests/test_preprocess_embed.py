@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from indexer.embed import Embedder
-from indexer.preprocess import Preprocess
+from dinoret.indexer.embed import Embedder
+from dinoret.indexer.preprocess import Preprocess
 from tests.conftest import make_image
 
 

@@ -7,12 +7,12 @@ import re
 import pytest
 from sqlalchemy import create_engine
 
-from retrieval.dedup_result import DedupResult, Group, Member, result_from_dict
-from retrieval.report_files import render_csv, report_format, write_report
-from retrieval.reports import (list_reports, load_report, load_reviews, save_report, set_group_verdict,
+from dinoret.retrieval.dedup_result import DedupResult, Group, Member, result_from_dict
+from dinoret.retrieval.report_files import render_csv, report_format, write_report
+from dinoret.retrieval.reports import (list_reports, load_report, load_reviews, save_report, set_group_verdict,
                                set_keeper)
 from tests.conftest import make_image
-from trainer.errors import UserError
+from dinoret.core.errors import UserError
 
 
 def sample_result(tmp_path) -> DedupResult:

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.heads import DINOHead
-from trainer.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, sinkhorn_knopp
+from dinoret.trainer.heads import DINOHead
+from dinoret.trainer.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, sinkhorn_knopp
 
 
 def _sinkhorn_reference(logits: np.ndarray, temp: float, n_iterations: int) -> np.ndarray:

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from tests.conftest import make_image
-from trainer.config import DEFAULTS, make_config, parse_override, scaled_lr
-from trainer.data import SSLBatches
-from trainer.errors import UserError
-from trainer.export import check_exportable
-from trainer.masking import MaskingGenerator, collate, mask_generator_for
-from trainer.optim import apply_schedules, build_optimizer
-from trainer.schedules import build_schedules
-from trainer.ssl import Student, backbone_config
+from dinoret.trainer.config import DEFAULTS, make_config, parse_override, scaled_lr
+from dinoret.trainer.data import SSLBatches
+from dinoret.core.errors import UserError
+from dinoret.trainer.export import check_exportable
+from dinoret.trainer.masking import MaskingGenerator, collate, mask_generator_for
+from dinoret.trainer.optim import apply_schedules, build_optimizer
+from dinoret.trainer.schedules import build_schedules
+from dinoret.trainer.ssl import Student, backbone_config
 
 TINY = [
     "student.arch=vit_small", "student.embed_dim=64", "student.depth=2", "student.num_heads=1",
@@ -194,7 +194,7 @@ def test_export_refuses_architectures_the_official_layout_cannot_describe() -> N
 
 
 def test_augmentation_crops_are_normalised(tmp_path) -> None:
-    from trainer.augment import DataAugmentationDINO
+    from dinoret.trainer.augment import DataAugmentationDINO
 
     torch.manual_seed(0)
     out = DataAugmentationDINO((0.32, 1.0), (0.05, 0.32), 3, 56, 28)(Image.open(_files(tmp_path, 1)[0]))

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from dinoret.cli import main
 from tests.conftest import REPO, make_image
 from tests.test_train_parts import TINY, _pil, one_thread  # noqa: F401 (autouse fixture)
-from trainer.config import make_config
-from trainer.data import SSLBatches
-from trainer.optim import apply_schedules, build_optimizer
-from trainer.ssl import SSLMetaArch
-from trainer.train import train
-from trainer.weights import load_backbone
+from dinoret.trainer.config import make_config
+from dinoret.trainer.data import SSLBatches
+from dinoret.trainer.optim import apply_schedules, build_optimizer
+from dinoret.trainer.ssl import SSLMetaArch
+from dinoret.trainer.train import train
+from dinoret.core.weights import load_backbone
 
 RUN = TINY + ["optim.epochs=2", "train.OFFICIAL_EPOCH_LENGTH=3", "train.checkpoint_every=2", "optim.warmup_epochs=1",
               "teacher.warmup_teacher_temp_epochs=1"]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def web_index(tmp_path_factory, tiny_weights):
     """An index of 8 photos, two copies of photos/img00.jpg (PNG, smaller JPEG) and a truncated JPEG,
     with one dedup report saved in its catalog."""
-    from indexer.build import BuildOptions, build_index
+    from dinoret.indexer.build import BuildOptions, build_index
 
     root = tmp_path_factory.mktemp("web")
     photos = root / "photos"
@@ -33,8 +33,8 @@ def web_index(tmp_path_factory, tiny_weights):
 
 @pytest.fixture(scope="module")
 def report_id(app):
-    from retrieval.dedup import find_duplicates
-    from retrieval.reports import save_report
+    from dinoret.retrieval.dedup import find_duplicates
+    from dinoret.retrieval.reports import save_report
 
     reader = app.extensions["dinoret.reader"]  # LMDB allows one open environment per process and index
     result = find_duplicates(reader, threshold=0.9)
@@ -44,7 +44,7 @@ def report_id(app):
 
 @pytest.fixture(scope="module")
 def app(web_index):
-    from webui import create_app
+    from dinoret.webui import create_app
 
     return create_app(web_index[0], {"TESTING": True})
 
@@ -130,7 +130,7 @@ def test_duplicates_pages_show_groups_with_keeper(app, client, report_id, web_in
 
 
 def test_reviewer_marks_not_duplicates_and_changes_keeper(app, report_id):
-    from retrieval.reports import load_report
+    from dinoret.retrieval.reports import load_report
 
     client = app.test_client()
     engine = app.extensions["dinoret.reader"].engine
@@ -178,7 +178,7 @@ def test_thumbnails_are_made_once_and_cached_by_content(app, client, web_index):
     assert r.status_code == 200 and r.mimetype == "image/jpeg"
     assert max(Image.open(io.BytesIO(r.data)).size) == 128
     record = app.extensions["dinoret.reader"].record(i)
-    from webui.thumbnails import cache_name
+    from dinoret.webui.thumbnails import cache_name
 
     cached = app.config["THUMB_DIR"] / cache_name(record.content_hash, 128)
     assert cached.is_file()
@@ -191,7 +191,7 @@ def test_thumbnails_are_made_once_and_cached_by_content(app, client, web_index):
 def test_a_file_changed_since_indexing_is_shown_but_not_cached_under_its_old_hash(app, client, web_index):
     import os
 
-    from webui.thumbnails import cache_name
+    from dinoret.webui.thumbnails import cache_name
 
     path = web_index[1] / "img07.jpg"
     record = app.extensions["dinoret.reader"].record(_id(app, web_index[1], "img07.jpg"))

@@ -6,9 +6,9 @@ import torch
 from click.testing import CliRunner
 
 from dinoret.cli import main
-from trainer.errors import UserError
-from trainer.models import build_model
-from trainer.weights import (
+from dinoret.core.errors import UserError
+from dinoret.core.models import build_model
+from dinoret.core.weights import (
     hub_cache_path,
     load_backbone,
     official_filename,

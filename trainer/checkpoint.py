@@ -2,9 +2,9 @@
 
 A checkpoint holds student, teacher, optimizer, the loss centres, the iteration to run
 next, the config, and every rank's RNG states. Batches are a function of the iteration
-(:mod:`trainer.data`), so the iteration is the data position. The file is also a
+(:mod:`dinoret.trainer.data`), so the iteration is the data position. The file is also a
 weights file: ``{"dinoret": "train", "backbone_name", "backbone_config", "teacher"}``
-is the format :func:`trainer.weights.read_checkpoint` reads, and everything in it loads
+is the format :func:`dinoret.core.weights.read_checkpoint` reads, and everything in it loads
 with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from trainer.distributed import DistContext, all_gather_object
-from trainer.errors import UserError
-from trainer.export import atomic_save, export_teacher_backbone
+from dinoret.trainer.distributed import DistContext, all_gather_object
+from dinoret.core.errors import UserError
+from dinoret.trainer.export import atomic_save, export_teacher_backbone
 
 log = logging.getLogger("dinoret.train")
 

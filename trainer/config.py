@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import UserError
+from dinoret.core.errors import UserError
 
 log = logging.getLogger("dinoret.train")
 

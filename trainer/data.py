@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from trainer.augment import DataAugmentationDINO
-from trainer.config import total_iterations
-from trainer.errors import UserError
-from trainer.masking import collate, mask_generator_for
+from dinoret.trainer.augment import DataAugmentationDINO
+from dinoret.trainer.config import total_iterations
+from dinoret.core.errors import UserError
+from dinoret.trainer.masking import collate, mask_generator_for
 
 LoadImage = Callable[[str], Image.Image]
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.devices import resolve_device
+from dinoret.core.devices import resolve_device
 
 
 @dataclass

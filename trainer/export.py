@@ -1,6 +1,6 @@
 """``teacher_backbone.pth``: the teacher's backbone as a bare state dict in the official key layout.
 
-Such a file carries no architecture, so :func:`trainer.weights.infer_config` reads it
+Such a file carries no architecture, so :func:`dinoret.core.weights.infer_config` reads it
 back from the tensor shapes and the DINOv2 conventions (64-dim heads for non-official
 sizes, interpolation settings by register count). :func:`check_exportable` refuses, at
 the start of a run, an architecture that would not be read back as trained.
@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 import torch
 
-from trainer.errors import UserError
-from trainer.models import BackboneConfig, DinoVisionTransformer
+from dinoret.core.errors import UserError
+from dinoret.core.models import BackboneConfig, DinoVisionTransformer
 
 # What decides how a loaded backbone computes (init values and drop path do not).
 _COMPARED = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size", "ffn_layer",
@@ -50,7 +50,7 @@ def export_teacher_backbone(teacher_state: dict, path: str | Path) -> None:
 def check_exportable(cfg: BackboneConfig) -> str:
     """The model name the exported file will load as ("custom" for non-official sizes);
     raises if the file would load as a different architecture."""
-    from trainer.weights import infer_config
+    from dinoret.core.weights import infer_config
 
     with torch.device("meta"):
         shapes = DinoVisionTransformer(cfg).state_dict()

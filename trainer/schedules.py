@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.config import total_iterations
+from dinoret.trainer.config import total_iterations
 
 
 class CosineScheduler:

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from trainer.errors import UserError
-from trainer.heads import DINOHead
-from trainer.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from trainer.models import BackboneConfig, DinoVisionTransformer
+from dinoret.core.errors import UserError
+from dinoret.trainer.heads import DINOHead
+from dinoret.trainer.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from dinoret.core.models import BackboneConfig, DinoVisionTransformer
 
 # The official ``vits.__dict__[arch]`` sizes.
 ARCHS = {
@@ -109,8 +109,8 @@ class SSLMetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
 
     def _load_pretrained(self, path: str) -> None:
-        """Start the student from backbone weights (any format trainer.weights reads)."""
-        from trainer.weights import load_state_strict, read_checkpoint
+        """Start the student from backbone weights (any format dinoret.core.weights reads)."""
+        from dinoret.core.weights import load_state_strict, read_checkpoint
 
         _, _, sd = read_checkpoint(path)
         load_state_strict(self.student.backbone, sd, path)

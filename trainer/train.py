@@ -25,15 +25,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from trainer import checkpoint, distributed
-from trainer.config import make_config, scaled_lr, to_yaml, total_iterations
-from trainer.data import LoadImage, SSLBatches
-from trainer.devices import autocast as device_autocast
-from trainer.errors import UserError
-from trainer.export import atomic_write, check_exportable
-from trainer.optim import apply_schedules, build_optimizer
-from trainer.schedules import build_schedules
-from trainer.ssl import SSLMetaArch, backbone_config
+from dinoret.trainer import checkpoint, distributed
+from dinoret.trainer.config import make_config, scaled_lr, to_yaml, total_iterations
+from dinoret.trainer.data import LoadImage, SSLBatches
+from dinoret.core.devices import autocast as device_autocast
+from dinoret.core.errors import UserError
+from dinoret.trainer.export import atomic_write, check_exportable
+from dinoret.trainer.optim import apply_schedules, build_optimizer
+from dinoret.trainer.schedules import build_schedules
+from dinoret.trainer.ssl import SSLMetaArch, backbone_config
 
 log = logging.getLogger("dinoret.train")
 

@@ -43,9 +43,9 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
 
     Raises ``UserError`` if there is no index there.
     """
-    from retrieval.index import open_index
-    from retrieval.report_files import human_size
-    from webui import api, errors, pages, queries, security
+    from dinoret.retrieval.index import open_index
+    from dinoret.retrieval.report_files import human_size
+    from dinoret.webui import api, errors, pages, queries, security
 
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)

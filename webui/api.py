@@ -6,13 +6,13 @@ import io
 from flask import Blueprint, abort, current_app, jsonify, request, send_file, url_for
 from PIL import Image
 
-from retrieval import reports
-from trainer.errors import UserError
-from webui import queries
-from webui.imaging import image_format
-from webui.openapi import openapi_document
-from webui.security import read_only
-from webui.thumbnails import thumbnail
+from dinoret.retrieval import reports
+from dinoret.core.errors import UserError
+from dinoret.webui import queries
+from dinoret.webui.imaging import image_format
+from dinoret.webui.openapi import openapi_document
+from dinoret.webui.security import read_only
+from dinoret.webui.thumbnails import thumbnail
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

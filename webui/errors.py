@@ -6,8 +6,8 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from trainer.errors import UserError
-from webui.imaging import BadImage
+from dinoret.core.errors import UserError
+from dinoret.webui.imaging import BadImage
 
 log = logging.getLogger("dinoret.webui")
 

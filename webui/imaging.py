@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# The formats discovery sniffs (indexer.decode.sniff_format), by PIL's names.
+# The formats discovery sniffs (dinoret.indexer.decode.sniff_format), by PIL's names.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 # What a browser displays as is; other formats are shown through a JPEG rendition.
 BROWSER_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})

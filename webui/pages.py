@@ -6,10 +6,10 @@ import math
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
-from retrieval import reports
-from trainer.errors import UserError
-from webui import queries, security
-from webui.imaging import BROWSER_FORMATS, image_format, to_jpeg
+from dinoret.retrieval import reports
+from dinoret.core.errors import UserError
+from dinoret.webui import queries, security
+from dinoret.webui.imaging import BROWSER_FORMATS, image_format, to_jpeg
 
 bp = Blueprint("pages", __name__)
 

@@ -1,6 +1,6 @@
 """Searches as the pages and the API run them: by an indexed id or by an uploaded image.
 
-Both go through the one :class:`retrieval.index.IndexReader` the app holds. Embedding an
+Both go through the one :class:`dinoret.retrieval.index.IndexReader` the app holds. Embedding an
 upload runs the backbone, which already uses every core for one image; a lock lets one
 upload through at a time so that concurrent uploads queue instead of fighting over the
 cores and memory. Searches by id only read vectors and Faiss shards and run concurrently.
@@ -15,7 +15,7 @@ from flask import abort, current_app
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
-from webui.imaging import open_rgb
+from dinoret.webui.imaging import open_rgb
 
 _model_lock = threading.Lock()
 

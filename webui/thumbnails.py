@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from webui.imaging import open_rgb, to_jpeg
+from dinoret.webui.imaging import open_rgb, to_jpeg
 
 
 def cache_name(content_hash: str, size: int) -> str:

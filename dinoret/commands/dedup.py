@@ -20,7 +20,7 @@ def _echo_groups(report: dict) -> None:
 
 
 def _list(engine) -> None:
-    from retrieval.reports import list_reports
+    from dinoret.retrieval.reports import list_reports
 
     reports = list_reports(engine)
     if not reports:
@@ -33,7 +33,7 @@ def _list(engine) -> None:
 
 
 def _undo(manifest: str) -> None:
-    from retrieval.moves import undo_moves
+    from dinoret.retrieval.moves import undo_moves
 
     summary = undo_moves(manifest, progress=True)
     click.echo(f"restored {summary['restored']} files ({summary['already_in_place']} were already in place)")
@@ -44,7 +44,7 @@ def _undo(manifest: str) -> None:
 
 
 def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
-    from retrieval.moves import move_files, plan_moves
+    from dinoret.retrieval.moves import move_files, plan_moves
 
     members = [m for g in report["groups"] if g.get("reviewed") != "not_duplicates" for m in g["members"]]
     to_move = [m["path"] for m in members if not m["is_keeper"] and not m["external"]]
@@ -123,10 +123,10 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     if dry_run and not move_to:
         raise click.UsageError("--dry-run goes with --move-to (without it nothing moves anyway)")
 
-    from retrieval.dedup import DEFAULT_THRESHOLD, against_source, find_duplicates
-    from retrieval.index import open_index
-    from retrieval.report_files import report_format, write_report
-    from retrieval.reports import add_report_files, load_report, save_report
+    from dinoret.retrieval.dedup import DEFAULT_THRESHOLD, against_source, find_duplicates
+    from dinoret.retrieval.index import open_index
+    from dinoret.retrieval.report_files import report_format, write_report
+    from dinoret.retrieval.reports import add_report_files, load_report, save_report
 
     reader = open_index(index_dir)
     if list_only:

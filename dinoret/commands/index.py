@@ -53,7 +53,7 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
       dinoret index ./photos --weights dinov2_vits14_pretrain.pth
       dinoret index ./photos ./more --index /data/idx   # later runs add what is new
     """
-    from indexer.build import BuildOptions, build_index
+    from dinoret.indexer.build import BuildOptions, build_index
 
     opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, batch_size=batch_size,
                         workers=workers, index_type=index_type, shard_size=shard_size, commit_every=commit_every,

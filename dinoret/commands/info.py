@@ -27,7 +27,7 @@ def command(index_dir, list_skipped, as_json) -> None:
       dinoret info
       dinoret info --skipped --index /data/idx
     """
-    from retrieval.index import open_index
+    from dinoret.retrieval.index import open_index
 
     reader = open_index(index_dir)
     stats = reader.stats()

@@ -11,8 +11,8 @@ def command() -> None:
     Example:
       dinoret models
     """
-    from trainer.models import MODELS
-    from trainer.weights import hub_cache_path, official_url
+    from dinoret.core.models import MODELS
+    from dinoret.core.weights import hub_cache_path, official_url
 
     for name, cfg in MODELS.items():
         cached = hub_cache_path(name)

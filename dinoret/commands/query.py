@@ -29,7 +29,7 @@ def command(images, index_dir, k, as_json, rerank, weights, device) -> None:
     """
     import os
 
-    from retrieval.index import open_index
+    from dinoret.retrieval.index import open_index
 
     reader = open_index(index_dir)
     if weights or device != "auto":

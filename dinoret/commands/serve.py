@@ -35,8 +35,8 @@ def command(index_dir: str, host: str, port: int, token: str | None, threads: in
     """
     import logging
 
-    from webui import create_app
-    from webui.security import trusted_hosts
+    from dinoret.webui import create_app
+    from dinoret.webui.security import trusted_hosts
 
     config = {
         "API_TOKEN": token or None,

@@ -10,13 +10,13 @@ from dinoret.options import device_option
 def load_training_image(path: str, draft_size: int | None = None):
     """The indexer's decoding (EXIF orientation, RGB, bomb and truncation checks); raises
     ``SkipFile`` for a file the trainer should skip. Module-level so loader workers can pickle it."""
-    from indexer.decode import open_image
+    from dinoret.indexer.decode import open_image
 
     return open_image(path, draft_size=draft_size).image
 
 
 def _discover(data_dirs: tuple[str, ...], output: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    from indexer.discover import find_images
+    from dinoret.indexer.discover import find_images
 
     skipped: list[tuple[str, str]] = []
     files = [str(p) for p in find_images(data_dirs, exclude=[output], on_skip=lambda p, r: skipped.append((str(p), r)))]
@@ -52,9 +52,9 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     import os
     from functools import partial
 
-    from trainer.config import largest_crop, make_config, read_config_file
-    from trainer.errors import UserError
-    from trainer.train import train
+    from dinoret.trainer.config import largest_crop, make_config, read_config_file
+    from dinoret.core.errors import UserError
+    from dinoret.trainer.train import train
 
     out = Path(output)
     main = int(os.environ.get("RANK", "0")) == 0

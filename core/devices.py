@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from trainer.errors import UserError
+from dinoret.core.errors import UserError
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.errors import UserError
-from trainer.models import MODELS, BackboneConfig, DinoVisionTransformer, model_config
+from dinoret.core.errors import UserError
+from dinoret.core.models import MODELS, BackboneConfig, DinoVisionTransformer, model_config
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 

@@ -1,12 +1,12 @@
 """The DINOv2 backbone family, by official name.
 
 ``build_model("dinov2_vits14")`` returns an untrained model with the official
-architecture; weights are loaded by :mod:`trainer.weights`.
+architecture; weights are loaded by :mod:`dinoret.core.weights`.
 """
 from __future__ import annotations
 
-from trainer.errors import UserError
-from trainer.models.vit import BackboneConfig, DinoVisionTransformer
+from dinoret.core.errors import UserError
+from dinoret.core.models.vit import BackboneConfig, DinoVisionTransformer
 
 _ARCHS = {
     "s": dict(embed_dim=384, depth=12, num_heads=6),
