@@ -116,3 +116,10 @@ def test_hostile_values_in_every_other_parameter(client, app, web_index, report_
                           ("/api/search", {"id": v, "k": v}), ("/search", {"k": v, "image": v}),
                           ("/login", {"token": v, "next": v})):
             _not_5xx(client.post(url, data={**data, "csrf_token": token}), (url, v))
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "\x00", "localhost:99999999999999999999", "[::1"])
+@pytest.mark.parametrize("path", ["/", "/duplicates", "/api/stats", "/no-such-page"])
+def test_untrusted_host_on_any_page_is_400(client, host, path):
+    r = client.get(path, headers={"Host": host})
+    assert r.status_code == 400, (host, path, r.status_code)
