@@ -100,6 +100,12 @@ def last_run(engine: Engine) -> RunRow | None:
         return s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
 
 
+def indexed_roots(engine: Engine) -> list[str]:
+    """Every folder (or file) a ``dinoret index`` run of this index was given, sorted."""
+    with Session(engine) as s:
+        return sorted({p for paths in s.scalars(select(RunRow.paths)) for p in (paths or [])})
+
+
 def display_path(raw: bytes) -> str:
     """A skipped file's name for people: undecodable bytes shown as \\xNN escapes."""
     return raw.decode("utf-8", "backslashreplace")

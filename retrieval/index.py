@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
+from dinoret.indexer.catalog import (
+    count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
+)
 from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
@@ -224,3 +226,7 @@ class IndexReader:
 
     def skipped(self) -> list[tuple[str, str]]:
         return read_skipped(self.engine)
+
+    def indexed_roots(self) -> list[str]:
+        """The folders (and files) ``dinoret index`` runs were given for this index."""
+        return indexed_roots(self.engine)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from dinoret.core.errors import UserError
+from dinoret.dedup_jobs import check_flags
 from dinoret.options import device_option, index_option, weights_option
 
 MAX_LISTED = 10
@@ -32,15 +34,24 @@ def _list(engine) -> None:
                    f"{r['n_groups']} groups, {r['n_images']} images{files}")
 
 
-def _undo(manifest: str) -> None:
+def _undo(manifest: str, progress: bool) -> None:
     from dinoret.retrieval.moves import undo_moves
 
-    summary = undo_moves(manifest, progress=True)
+    summary = undo_moves(manifest, progress=progress)
     click.echo(f"restored {summary['restored']} files ({summary['already_in_place']} were already in place)")
     for p in summary["problems"]:
         click.echo(f"  not restored: {p}", err=True)
     if summary["problems"]:
         raise SystemExit(1)
+
+
+def _refuse_inside(move_to: str, roots: list[str]) -> None:
+    from dinoret.retrieval.moves import enclosing_root
+
+    root = enclosing_root(move_to, roots)
+    if root is not None:
+        raise UserError(f"--move-to {move_to} is inside the indexed folder {root}: the next `dinoret index` would "
+                        "index the moved files again; choose a folder outside it (or add --allow-inside)")
 
 
 def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
@@ -90,6 +101,9 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
               help="kNN engine: exact torch matmul, Faiss IVF, or chosen from N and the device.")
 @click.option("--move-to", type=click.Path(file_okay=False), help="Move non-keepers here (relative paths kept).")
 @click.option("--dry-run", is_flag=True, help="With --move-to: list what would move, move nothing.")
+@click.option("--allow-inside", is_flag=True,
+              help="With --move-to: allow a folder inside the indexed folders (the next index run would "
+                   "index the moved files again).")
 @click.option("--from-report", "from_report", type=click.IntRange(1),
               help="Use a stored report (e.g. after review in the web UI) instead of searching again.")
 @click.option("--list", "list_only", is_flag=True, help="List the reports stored in the index.")
@@ -98,8 +112,8 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
 @weights_option
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(index_dir, threshold, k, against, report_path, fmt, keep, split, method, move_to, dry_run, from_report,
-            list_only, undo, weights, device, quiet) -> None:
+def command(index_dir, threshold, k, against, report_path, fmt, keep, split, method, move_to, dry_run, allow_inside,
+            from_report, list_only, undo, weights, device, quiet) -> None:
     """Find exact and near-duplicate images in the index, report them, and optionally move
     the extra copies aside (never deleted; undoable).
 
@@ -107,6 +121,9 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     duplicates: images whose cosine similarity is at least the threshold. One keeper per
     group by --keep; every other member is listed with its similarity to the keeper.
     Without --move-to nothing on disk changes. Reports are stored in the index (--list).
+
+    One job per run: a search (the default), --against, --from-report (each may add
+    --report and --move-to), --list or --undo. Flags another job needs are refused.
 
     \b
     Example:
@@ -117,11 +134,10 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
       dinoret dedup --undo ./dups/dinoret-moves-20250101-120000.json
       dinoret dedup --list
     """
-    if undo:
-        _undo(undo)
+    job = check_flags(click.get_current_context())
+    if job == "undo":
+        _undo(undo, progress=not quiet)
         return
-    if dry_run and not move_to:
-        raise click.UsageError("--dry-run goes with --move-to (without it nothing moves anyway)")
 
     from dinoret.retrieval.dedup import DEFAULT_THRESHOLD, against_source, find_duplicates
     from dinoret.retrieval.index import open_index
@@ -129,9 +145,11 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     from dinoret.retrieval.reports import add_report_files, load_report, save_report
 
     reader = open_index(index_dir)
-    if list_only:
+    if job == "list_only":
         _list(reader.engine)
         return
+    if move_to and not allow_inside:
+        _refuse_inside(move_to, reader.indexed_roots())  # before the search: a refused run stores no report
     if from_report:
         report = load_report(reader.engine, from_report)
     else:
