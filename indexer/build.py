@@ -11,13 +11,11 @@ next run sees its path with the same size and mtime.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.sync import SyncResult, remove_unreferenced, sync_shards
 from dinoret.indexer.vectors import remove_uncommitted
+from dinoret.indexer.writer_lock import writer_lock
 from dinoret.core.errors import UserError
 
 DEFAULT_MODEL = "dinov2_vits14"
@@ -69,17 +68,6 @@ class RunSummary:
 
     def skip_reasons(self) -> Counter:
         return Counter(reason for _, reason in self.skipped)
-
-
-@contextlib.contextmanager
-def writer_lock(path: Path) -> Iterator[None]:
-    """One writer per index; the OS drops the lock when the process dies (even by kill -9)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another `dinoret index` is writing to {path.parent}; wait for it to finish") from None
-        yield
 
 
 def default_workers() -> int:

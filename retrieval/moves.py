@@ -104,10 +104,13 @@ def move_files(plan: list[tuple[str, str]], dest: str | os.PathLike, dry_run: bo
                 "report_id": report_id, "dest": str(dest), "moves": entries, "manifest": None}
     if dry_run:
         return manifest
-    dest.mkdir(parents=True, exist_ok=True)
-    path = _new_manifest_path(dest)
-    manifest["manifest"] = str(path)
-    _write_manifest(path, manifest)  # written before any file moves: a crash is always undoable
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        path = _new_manifest_path(dest)
+        manifest["manifest"] = str(path)
+        _write_manifest(path, manifest)  # written before any file moves: a crash is always undoable
+    except OSError as e:
+        raise UserError(f"cannot write the move manifest in {dest}: {e.strerror or e}") from None
     for entry in tqdm(entries, desc="moving", unit="file", disable=not progress):
         if entry["status"] != "planned":
             continue
@@ -121,7 +124,10 @@ def move_files(plan: list[tuple[str, str]], dest: str | os.PathLike, dry_run: bo
             entry["status"] = "skipped: destination exists"
         except OSError as e:
             entry["status"] = f"failed: {e.strerror or e}"
-    _write_manifest(path, manifest)
+    try:
+        _write_manifest(path, manifest)
+    except OSError:
+        pass  # the manifest written before the moves already lets --undo restore every file
     return manifest
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from dinoret.console import shown
 from dinoret.core.errors import UserError
 from dinoret.dedup_jobs import check_flags
 from dinoret.options import device_option, index_option, weights_option
@@ -16,7 +17,7 @@ def _echo_groups(report: dict) -> None:
         click.echo(f"group {g['group']} ({len(g['members'])} images){flag}")
         for m in g["members"]:
             what = "other" if m["external"] else "keep " if m["is_keeper"] else f"{m['reason']:5s}"
-            click.echo(f"  {what} {m['score']:.3f}  {m['width']}x{m['height']}  {m['path']}")
+            click.echo(f"  {what} {m['score']:.3f}  {m['width']}x{m['height']}  {shown(m['path'])}")
     if len(groups) > MAX_LISTED:
         click.echo(f"... {len(groups) - MAX_LISTED} more groups (write them all with --report FILE)")
 
@@ -28,8 +29,8 @@ def _list(engine) -> None:
     if not reports:
         click.echo("no dedup reports yet: run `dinoret dedup`")
     for r in reports:
-        against = f" against {r['against']}" if r["against"] else ""
-        files = f"  {', '.join(r['files'])}" if r["files"] else ""
+        against = f" against {shown(r['against'])}" if r["against"] else ""
+        files = f"  {', '.join(shown(f) for f in r['files'])}" if r["files"] else ""
         click.echo(f"#{r['id']}  {r['created']}  threshold {r['threshold']}{against}: "
                    f"{r['n_groups']} groups, {r['n_images']} images{files}")
 
@@ -40,7 +41,7 @@ def _undo(manifest: str, progress: bool) -> None:
     summary = undo_moves(manifest, progress=progress)
     click.echo(f"restored {summary['restored']} files ({summary['already_in_place']} were already in place)")
     for p in summary["problems"]:
-        click.echo(f"  not restored: {p}", err=True)
+        click.echo(f"  not restored: {shown(p)}", err=True)
     if summary["problems"]:
         raise SystemExit(1)
 
@@ -70,15 +71,16 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
     statuses = [e["status"] for e in manifest["moves"]]
     if dry_run:
         for e in manifest["moves"]:
-            click.echo(f"would move {e['src']} -> {e['dst']}" + ("" if e["status"] == "planned" else f"  ({e['status']})"))
-        click.echo(f"dry run: {statuses.count('planned')} files would move to {move_to}; nothing moved")
+            click.echo(f"would move {shown(e['src'])} -> {shown(e['dst'])}"
+                       + ("" if e["status"] == "planned" else f"  ({e['status']})"))
+        click.echo(f"dry run: {statuses.count('planned')} files would move to {shown(move_to)}; nothing moved")
         return
     moved = statuses.count("moved")
-    click.echo(f"moved {moved} of {len(plan)} files to {move_to}; manifest {manifest['manifest']}")
+    click.echo(f"moved {moved} of {len(plan)} files to {shown(move_to)}; manifest {shown(manifest['manifest'])}")
     for e in manifest["moves"]:
         if e["status"] != "moved":
-            click.echo(f"  not moved: {e['src']}: {e['status']}", err=True)
-    click.echo(f"undo with: dinoret dedup --undo {manifest['manifest']}")
+            click.echo(f"  not moved: {shown(e['src'])}: {shown(e['status'])}", err=True)
+    click.echo(f"undo with: dinoret dedup --undo {shown(manifest['manifest'])}")
     click.echo("the index still lists the moved files until `dinoret index` runs again on the collection")
 
 
@@ -164,7 +166,7 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
         path = report_path or f"dinoret-dedup-{report['id']}.{fmt}"
         written = write_report(report, path, report_format(path, fmt), progress=not quiet)
         add_report_files(reader.engine, report["id"], [str(written.resolve())])
-        click.echo(f"report written to {written}")
+        click.echo(f"report written to {shown(written)}")
     _echo_groups(report)
     non_keepers = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"])
     exact = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"] and m["reason"] == "exact")

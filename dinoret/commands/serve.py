@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from dinoret.console import shown
 from dinoret.options import device_option, index_option, weights_option
 
 
@@ -62,7 +63,7 @@ def command(index_dir: str, host: str, port: int, token: str | None, threads: in
     server = waitress.create_server(app, host=host, port=port, threads=threads, ident="dinoret")
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     url = f"http://{shown}:{server.effective_port}/"
-    click.echo(f"serving {n:,} images from {app.config['INDEX_DIR']} on {url}" + (f"?token={token}" if token else ""))
+    click.echo(f"serving {n:,} images from {shown(app.config['INDEX_DIR'])} on {url}" + (f"?token={token}" if token else ""))
     try:
         server.run()
     finally:
