@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import click
 
+
+def not_empty(ctx: click.Context, param: click.Parameter, value):
+    """Refuse an empty path (``--index ""``), which would otherwise mean the current folder."""
+    values = value if isinstance(value, tuple) else (value,)
+    if any(v == "" for v in values):
+        raise click.BadParameter("an empty path; give a folder (or . for the current one)", ctx=ctx, param=param)
+    return value
+
+
 index_option = click.option(
     "--index",
     "index_dir",
@@ -10,6 +19,7 @@ index_option = click.option(
     envvar="DINORET_INDEX",
     show_default=True,
     type=click.Path(file_okay=False),
+    callback=not_empty,
     help="Index directory (or set DINORET_INDEX).",
 )
 device_option = click.option(

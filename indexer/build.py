@@ -190,7 +190,10 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
     for r in roots:
         if not os.path.lexists(r):
             raise UserError(f"no such file or folder: {r}")
-    paths.root.mkdir(parents=True, exist_ok=True)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the index folder {paths.root}: {e.strerror or e}") from None
     with writer_lock(paths.lock):
         engine = open_catalog(paths.catalog, create=True)
         info = read_info(engine)

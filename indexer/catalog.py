@@ -10,6 +10,7 @@ written under a new name first, and only the catalog commit makes it current.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from sqlalchemy import JSON, Engine, Float, Integer, LargeBinary, String, create_engine, event, func, select
@@ -78,11 +79,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def open_catalog(path: Path, create: bool = False) -> Engine:
+    """The catalog's engine. An index a reader may not write to (read-only media, a folder of
+    someone else's) is opened ``immutable``: SQLite cannot make the side files WAL mode needs
+    there, and nothing can change the file through such a mount anyway."""
+    if not create and Path(path).is_file() and not os.access(Path(path).parent, os.W_OK):
+        return create_engine(f"sqlite:///file:{Path(path).absolute()}?immutable=1&uri=true")
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         Base.metadata.create_all(engine)
     return engine
+
+
+def catalog_read_only(engine: Engine) -> bool:
+    """True for a catalog opened read-only by ``open_catalog``."""
+    return engine.url.query.get("immutable") == "1"
 
 
 def read_info(engine: Engine) -> IndexInfo | None:

@@ -23,7 +23,11 @@ _ACQUIRE_RETRY_S = 2.0
 @contextlib.contextmanager
 def writer_lock(path: Path) -> Iterator[None]:
     """One writer per index; the OS drops the lock when the process dies (even by kill -9)."""
-    with open(path, "a+") as f:
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise UserError(f"cannot write to the index at {path.parent}: {e.strerror or e}") from None
+    with f:
         deadline = time.monotonic() + _ACQUIRE_RETRY_S
         while True:
             try:

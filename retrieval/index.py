@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dinoret.indexer.catalog import (
-    count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
+    catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
 )
 from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
@@ -279,6 +279,11 @@ class IndexReader:
 
     def skipped(self) -> list[tuple[str, str]]:
         return read_skipped(self.engine)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the index could only be opened for reading (read-only media or folder)."""
+        return catalog_read_only(self.engine)
 
     def indexed_roots(self) -> list[str]:
         """The folders (and files) ``dinoret index`` runs were given for this index."""

@@ -228,3 +228,94 @@ def test_negative_threshold_in_range_is_accepted(idx):
 
 def test_index_of_a_missing_folder_or_a_non_image_file_is_one_line(tmp_path, tiny_weights):
     one_line_error(cli("index", tmp_path / "nowhere", "--index", tmp_path / "idx", "--weights", tiny_weights))
+
+
+def test_empty_paths_are_refused_not_taken_for_the_current_folder(tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli("index", "", "--index", tmp_path / "idx", "--weights", tiny_weights))
+    one_line_error(cli("info", "--index", ""))
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "catalog.db").exists()
+
+
+def test_index_where_no_folder_can_be_made_is_one_line(tmp_path, photos, tiny_weights):
+    (tmp_path / "a-file").write_text("x")
+    one_line_error(cli("index", photos, "--index", tmp_path / "a-file" / "idx", "--weights", tiny_weights))
+
+
+def test_from_report_past_int64_is_one_line(idx):
+    one_line_error(cli("dedup", "--index", idx, "--from-report", str(2**63)))
+
+
+def test_report_onto_a_device_or_pipe_is_refused(idx, tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    one_line_error(cli("dedup", "--index", idx, "-q", "--report", fifo))
+    assert fifo.is_fifo()  # not replaced by a regular file
+
+
+def test_report_that_cannot_be_written_is_one_line(idx, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    r = cli("dedup", "--index", idx, "-q", "--report", tmp_path / "a-file" / "r.csv")
+    one_line_error(r)
+    assert "--from-report" in r.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line(idx):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        one_line_error(cli("serve", "--index", idx, "--port", s.getsockname()[1]))
+
+
+@pytest.fixture
+def read_only(idx, monkeypatch):
+    """The index as on read-only media: nobody may write its folder."""
+    real = os.access
+    root = os.path.realpath(idx)
+
+    def access(path, mode, *a, **k):
+        if mode & os.W_OK and os.path.realpath(path).startswith(root):
+            return False
+        return real(path, mode, *a, **k)
+
+    monkeypatch.setattr(os, "access", access)
+    return idx
+
+
+def test_a_read_only_index_can_be_read(read_only, photos, tmp_path):
+    assert cli("info", "--index", read_only).exit_code == 0
+    r = cli("query", photos / "img2.jpg", "--index", read_only, "-k", 1)
+    assert r.exit_code == 0 and str(photos / "img2.jpg") in r.stdout
+    assert cli("dedup", "--index", read_only, "--list").exit_code == 0
+    r = cli("dedup", "--index", read_only, "-q")
+    one_line_error(r)
+    assert "read-only" in r.stderr
+
+
+def test_a_read_only_index_is_served_and_reviews_are_a_400(read_only):
+    from dinoret.webui import create_app
+
+    app = create_app(read_only, {"TESTING": True})
+    client = app.test_client()
+    assert client.get("/duplicates").status_code == 200 and client.get("/api/stats").status_code == 200
+    r = client.post("/duplicates/1/groups/1/verdict", data={"verdict": "not_duplicates"},
+                    headers={"X-CSRF-Token": "x"})
+    assert r.status_code < 500
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--output", "{tmp}/a-file/run"], "run folder"),
+    (["--set", "optim.epochs=abc"], "must be a number"),
+    (["--set", "train.centering=5"], "must be a string"),
+    (["--config", "{photo}"], "not a text file"),
+])
+def test_train_bad_arguments_are_one_line(tmp_path, photos, args, needle):
+    (tmp_path / "a-file").write_text("x")
+    args = [a.format(tmp=tmp_path, photo=photos / "img1.jpg") for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "run")]
+    r = cli("train", photos, "--config", "configs/tiny.yaml", "-q", *args)
+    one_line_error(r)
+    assert needle in r.stderr

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import click
 
 from dinoret.console import shown
@@ -64,7 +66,6 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
     if not to_move:
         click.echo("nothing to move")
         return
-    import os
 
     plan = plan_moves(to_move, move_to, root=os.path.commonpath([os.path.dirname(p) for p in root_paths]))
     manifest = move_files(plan, move_to, dry_run=dry_run, report_id=report.get("id"), progress=progress and not dry_run)
@@ -106,7 +107,7 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
 @click.option("--allow-inside", is_flag=True,
               help="With --move-to: allow a folder inside the indexed folders (the next index run would "
                    "index the moved files again).")
-@click.option("--from-report", "from_report", type=click.IntRange(1),
+@click.option("--from-report", "from_report", type=click.IntRange(1, 2**63 - 1),
               help="Use a stored report (e.g. after review in the web UI) instead of searching again.")
 @click.option("--list", "list_only", is_flag=True, help="List the reports stored in the index.")
 @click.option("--undo", "undo", type=click.Path(exists=True, dir_okay=False), metavar="MANIFEST",
@@ -150,8 +151,16 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     if job == "list_only":
         _list(reader.engine)
         return
+    if reader.read_only and job != "from_report":
+        raise UserError(f"the index at {reader.root} is read-only: dedup stores its report there "
+                        "(--list and --from-report still work)")
     if move_to and not allow_inside:
         _refuse_inside(move_to, reader.indexed_roots())  # before the search: a refused run stores no report
+    if report_path:
+        report_format(report_path, fmt)  # an unknown format is refused before the search, not after
+        if os.path.lexists(report_path) and not os.path.isfile(report_path):
+            raise UserError(f"--report {report_path} exists and is not a regular file (a device or a pipe?): "
+                            "it would be replaced; choose a file name")
     if from_report:
         report = load_report(reader.engine, from_report)
     else:
@@ -164,8 +173,13 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
         report = load_report(reader.engine, save_report(reader.engine, result))
     if report_path or fmt:
         path = report_path or f"dinoret-dedup-{report['id']}.{fmt}"
-        written = write_report(report, path, report_format(path, fmt), progress=not quiet)
-        add_report_files(reader.engine, report["id"], [str(written.resolve())])
+        try:
+            written = write_report(report, path, report_format(path, fmt), progress=not quiet)
+        except OSError as e:
+            raise UserError(f"cannot write the report {path}: {e.strerror or e} (it is stored in the index as "
+                            f"report #{report['id']}: write it later with --from-report {report['id']} --report FILE)")
+        if not reader.read_only:
+            add_report_files(reader.engine, report["id"], [str(written.resolve())])
         click.echo(f"report written to {shown(written)}")
     _echo_groups(report)
     non_keepers = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"])

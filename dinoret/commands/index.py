@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from dinoret.console import shown
-from dinoret.options import device_option, index_option, model_option, weights_option
+from dinoret.options import device_option, index_option, model_option, not_empty, weights_option
 
 
 def _summary_lines(summary, max_listed: int = 20) -> list[str]:
@@ -25,7 +25,7 @@ def _summary_lines(summary, max_listed: int = 20) -> list[str]:
 
 
 @click.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), callback=not_empty)
 @index_option
 @model_option
 @weights_option

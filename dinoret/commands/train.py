@@ -58,6 +58,10 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     from dinoret.trainer.train import train
 
     out = Path(output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {output}: {e.strerror or e}") from None
     main = int(os.environ.get("RANK", "0")) == 0
     sets = list(sets) + ([f"train.device={device}"] if device != "auto" else [])
     saved = out / "config.yaml"
