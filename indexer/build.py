@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from dinoret.indexer.catalog import IndexInfo, RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
 from dinoret.indexer.commit import Committer, create_info
+from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.discover import find_images
 from dinoret.indexer.file_dataset import FileItem, file_loader
 from dinoret.indexer.identity import identity_mismatch
@@ -194,7 +195,7 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the index folder {paths.root}: {e.strerror or e}") from None
-    with writer_lock(paths.lock):
+    with writer_lock(paths.lock), index_errors(paths.root):
         engine = open_catalog(paths.catalog, create=True)
         info = read_info(engine)
         embedder = _load_embedder(info, opts)

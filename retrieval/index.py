@@ -17,6 +17,7 @@ from PIL import Image
 from dinoret.indexer.catalog import (
     catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
 )
+from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
@@ -44,7 +45,8 @@ def open_index(index_dir: str | Path) -> "IndexReader":
     paths = IndexPaths.of(index_dir)
     if not paths.exists():
         raise UserError(f"no index at {paths.root}: build one with `dinoret index PATH --index {index_dir}`")
-    return IndexReader(paths)
+    with index_errors(paths.root):
+        return IndexReader(paths)
 
 
 def _normalised(queries: np.ndarray) -> np.ndarray:
@@ -80,7 +82,11 @@ class IndexReader:
         return self.meta.ids()
 
     def vectors(self, ids) -> np.ndarray:
-        return self.store.get(ids)
+        try:
+            return self.store.get(ids)
+        except KeyError as e:  # a chunk file of vectors/ was deleted behind the index's back
+            raise UserError(f"the index at {self.root} is damaged: {e.args[0]}; rebuild it with `dinoret index` "
+                            "into a new --index DIR") from None
 
     def record(self, id: int) -> Record | None:
         return self.meta.get(id)
@@ -162,7 +168,7 @@ class IndexReader:
         best_i = np.full((len(q), 0), -1, np.int64)
         for s in range(0, len(ids), _EXACT_BLOCK):
             block = ids[s : s + _EXACT_BLOCK]
-            scores = q @ self.store.get(block).T
+            scores = q @ self.vectors(block).T
             best_s, best_i = merge_topk(np.hstack([best_s, scores]),
                                         np.hstack([best_i, np.broadcast_to(block, scores.shape)]), n)
         return best_s, best_i
@@ -175,7 +181,7 @@ class IndexReader:
             if rows.size == 0:
                 continue
             uniq, pos = np.unique(block[rows, cols], return_inverse=True)
-            vecs = self.store.get(uniq)
+            vecs = self.vectors(uniq)
             out[s + rows, cols] = np.einsum("nd,nd->n", q[s + rows], vecs[pos])
         return out
 

@@ -319,3 +319,31 @@ def test_train_bad_arguments_are_one_line(tmp_path, photos, args, needle):
     r = cli("train", photos, "--config", "configs/tiny.yaml", "-q", *args)
     one_line_error(r)
     assert needle in r.stderr
+
+
+def _damage(idx, how: str) -> None:
+    if how == "catalog":
+        (idx / "catalog.db").write_text("garbage")
+    elif how == "meta":
+        (idx / "meta.lmdb" / "data.mdb").write_text("garbage")
+    elif how == "meta-is-a-file":
+        shutil.rmtree(idx / "meta.lmdb")
+        (idx / "meta.lmdb").write_text("")
+    elif how == "vectors":
+        for f in (idx / "vectors").iterdir():
+            f.unlink()
+    elif how == "shard":
+        for f in (idx / "shards").iterdir():
+            f.write_text("garbage")
+
+
+@pytest.mark.parametrize("how", ["catalog", "meta", "meta-is-a-file", "vectors", "shard"])
+def test_a_damaged_index_is_one_line_for_every_command(idx, photos, tiny_weights, tmp_path, how):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(idx, damaged)
+    _damage(damaged, how)
+    for args in (["info"], ["query", photos / "img1.jpg"], ["dedup", "-q"], ["dedup", "--list"],
+                 ["index", photos, "--weights", tiny_weights, "--workers", 0, "-q"]):
+        r = cli(*args, "--index", damaged)
+        if r.exit_code != 0:  # some damage does not touch what a command reads
+            one_line_error(r)
