@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -269,8 +270,7 @@ def test_serve_on_a_port_in_use_is_one_line(idx):
         one_line_error(cli("serve", "--index", idx, "--port", s.getsockname()[1]))
 
 
-@pytest.fixture
-def read_only(idx, monkeypatch):
+def _make_read_only(idx, monkeypatch):
     """The index as on read-only media: nobody may write its folder."""
     real = os.access
     root = os.path.realpath(idx)
@@ -284,6 +284,11 @@ def read_only(idx, monkeypatch):
     return idx
 
 
+@pytest.fixture
+def read_only(idx, monkeypatch):
+    return _make_read_only(idx, monkeypatch)
+
+
 def test_a_read_only_index_can_be_read(read_only, photos, tmp_path):
     assert cli("info", "--index", read_only).exit_code == 0
     r = cli("query", photos / "img2.jpg", "--index", read_only, "-k", 1)
@@ -294,15 +299,23 @@ def test_a_read_only_index_can_be_read(read_only, photos, tmp_path):
     assert "read-only" in r.stderr
 
 
-def test_a_read_only_index_is_served_and_reviews_are_a_400(read_only):
+def test_a_read_only_index_is_served_and_reviews_are_a_400(idx, monkeypatch):
+    from dinoret.retrieval.dedup import find_duplicates
+    from dinoret.retrieval.reports import save_report
     from dinoret.webui import create_app
 
-    app = create_app(read_only, {"TESTING": True})
+    reader = open_index(idx)
+    report = save_report(reader.engine, find_duplicates(reader, threshold=0.999))
+    reader.close()
+    _make_read_only(idx, monkeypatch)
+    app = create_app(idx, {"TESTING": True})
     client = app.test_client()
+    assert app.extensions["dinoret.reader"].read_only
     assert client.get("/duplicates").status_code == 200 and client.get("/api/stats").status_code == 200
-    r = client.post("/duplicates/1/groups/1/verdict", data={"verdict": "not_duplicates"},
-                    headers={"X-CSRF-Token": "x"})
-    assert r.status_code < 500
+    assert client.get(f"/duplicates/{report}").status_code == 200
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    r = client.post(f"/duplicates/{report}/groups/1/verdict", data={"verdict": "not_duplicates", "csrf_token": token})
+    assert r.status_code == 400 and "read-only" in r.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("args, needle", [
