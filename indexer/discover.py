@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from dinoret.indexer.decode import sniff_format
+from dinoret.indexer.decode import sniff_file
 
 # Only used to decide whether a file that does NOT sniff as an image is worth reporting.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -46,8 +46,7 @@ def _looks_like_image_name(path: Path) -> bool:
 def _sniff(path: Path) -> tuple[str | None, str | None]:
     """(format, None) for an image, (None, reason) for a file that cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return sniff_format(f.read(16)), None
+        return sniff_file(path), None
     except OSError as e:
         return None, _stat_reason(e, path)
 

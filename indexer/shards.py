@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from dinoret.indexer.layout import atomic_path
+from dinoret.core.files import atomic_path
 
 
 def new_file_name(prefix: str) -> str:

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dinoret.core.errors import IndexUnavailable, NotFound, UserError
 from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
-from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.shards import merge_topk, read_index, search_shards
 from dinoret.indexer.vectors import VectorStore
-from dinoret.core.errors import UserError
 
 __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
@@ -38,7 +37,7 @@ class Hit:
 def open_index(index_dir: str | Path) -> "IndexReader":
     paths = IndexPaths.of(index_dir)
     if not paths.exists():
-        raise UserError(f"no index at {paths.root}: build one with `dinoret index PATH --index {index_dir}`")
+        raise NotFound(f"no index at {paths.root}: build one with `dinoret index PATH`", param="index_dir")
     return IndexReader(paths)
 
 
@@ -57,7 +56,7 @@ class IndexReader:
         self.engine = open_catalog(paths.catalog)
         info = read_info(self.engine)
         if info is None:
-            raise UserError(f"index at {self.root} was never completed: run `dinoret index` on it again")
+            raise IndexUnavailable(f"index at {self.root} was never completed: run `dinoret index` on it again")
         self.identity: dict = info.identity
         self.weights_path: str = info.weights_path
         self.meta = MetaStore(paths.meta, readonly=True)
@@ -113,7 +112,7 @@ class IndexReader:
             files = [self._paths.shards / row.file for row in read_shards(self.engine)]
             if all(f.is_file() for f in files):
                 return spec, [read_index(f, spec) for f in files]
-        raise UserError(f"shard files of {self.root} are missing: run `dinoret index` on it again")
+        raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def search(self, queries: np.ndarray, k: int = 10, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores float32 [Q,k], ids int64 [Q,k]) per query vector; -inf / -1 pad.
@@ -147,21 +146,11 @@ class IndexReader:
         return out
 
     def embedder(self, device: str = "auto", weights: str | None = None):
-        """The collection's embedder: same model, weights (sha256 checked) and preprocessing."""
-        from dinoret.indexer.embed import Embedder
-        from dinoret.indexer.preprocess import Preprocess
+        """The collection's embedder: same model, weights (sha256 checked) and preprocessing
+        (:func:`dinoret.indexer.index_embedder.load_index_embedder`)."""
+        from dinoret.indexer.index_embedder import load_index_embedder
 
-        path = Path(weights or self.weights_path)
-        if not path.is_file():
-            raise UserError(
-                f"the weights this index was built with are not at {path}: pass --weights FILE "
-                f"(the {self.identity['model']} file with sha256 {self.identity['weights_sha256'][:12]}…)"
-            )
-        emb = Embedder.load(None, str(path), Preprocess.from_dict(self.identity["preprocess"]), device)
-        problem = identity_mismatch(self.identity, emb.identity())
-        if problem:
-            raise UserError(f"{path} does not match the index: {problem}")
-        return emb
+        return load_index_embedder(self.engine, weights=weights, device=device)
 
     def configure_embedder(self, device: str = "auto", weights: str | None = None) -> None:
         """Choose the device (and weights file) that ``search_images`` embeds queries with."""
@@ -191,16 +180,25 @@ class IndexReader:
                 raise UserError(f"cannot read query image {img}: {e.reason}") from None
         return emb.embed_images(pil)
 
+    def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None, leave_out: int | None = None) -> list[Hit]:
+        """The hit records of one result row (``search`` output): padding, ids deleted since the
+        search and ``leave_out`` are dropped; at most ``k``, ranked from 1."""
+        found = [(int(i), float(s)) for i, s in zip(np.ravel(ids), np.ravel(scores)) if i >= 0 and i != leave_out]
+        live = {r.id: r for r in self.records([i for i, _ in found])}
+        kept = [(i, s) for i, s in found if i in live][:k]
+        return [Hit(rank=r, id=i, path=live[i].path, score=s) for r, (i, s) in enumerate(kept, 1)]
+
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
+        """The ``k`` best hits for each query image (a path or a PIL image)."""
         if not images:
             return []
         scores, ids = self.search(self.embed_images(images), k=k, rerank=rerank)
-        live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
-        out = []
-        for row_s, row_i in zip(scores, ids):
-            hits = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live]
-            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(hits, 1)])
-        return out
+        return [self.hits(row_s, row_i) for row_s, row_i in zip(scores, ids)]
+
+    def search_by_id(self, image_id: int, k: int = 10, rerank: bool = True) -> list[Hit]:
+        """The ``k`` indexed images most like indexed image ``image_id``, leaving out the image itself."""
+        scores, ids = self.search(self.vectors(np.array([image_id], dtype=np.int64)), k=k + 1, rerank=rerank)
+        return self.hits(scores[0], ids[0], k, leave_out=image_id)
 
     # --- about the index ------------------------------------------------------
     def stats(self) -> dict:
