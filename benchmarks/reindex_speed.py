@@ -68,6 +68,7 @@ def check_in_process(photos: Path, index: Path) -> str:
     to fail: it passes only if neither happens."""
     from click.testing import CliRunner
 
+    import dinoret.core.files
     import dinoret.core.weights
     import dinoret.indexer.embed
     import dinoret.indexer.index_embedder
@@ -76,15 +77,17 @@ def check_in_process(photos: Path, index: Path) -> str:
     def forbidden(*a, **k):
         raise AssertionError("model loaded or weights hashed")
 
-    saved = (dinoret.core.weights.load_backbone, dinoret.indexer.embed.load_backbone,
-             dinoret.indexer.index_embedder.file_sha256)
-    dinoret.core.weights.load_backbone = dinoret.indexer.embed.load_backbone = forbidden
-    dinoret.indexer.index_embedder.file_sha256 = forbidden
+    targets = [(dinoret.core.weights, "load_backbone"), (dinoret.indexer.embed, "load_backbone"),
+               (dinoret.core.files, "file_sha256"), (dinoret.core.weights, "file_sha256"),
+               (dinoret.indexer.index_embedder, "file_sha256")]
+    saved = [getattr(m, name) for m, name in targets]
+    for m, name in targets:
+        setattr(m, name, forbidden)
     try:
         r = CliRunner().invoke(main, ["index", str(photos), "--index", str(index), "-q"])
     finally:
-        (dinoret.core.weights.load_backbone, dinoret.indexer.embed.load_backbone,
-         dinoret.indexer.index_embedder.file_sha256) = saved
+        for (m, name), value in zip(targets, saved):
+            setattr(m, name, value)
     if r.exit_code != 0:
         raise SystemExit(f"the no-change run loaded the model or hashed the weights:\n{r.output}{r.exception!r}")
     return r.output.strip().splitlines()[0]
@@ -112,16 +115,24 @@ def main() -> None:
             wall, line = run_cli("index", str(photos), "--index", str(index), "--weights", str(weights), "-q")
             print(f"first build: {wall:.1f} s  [{line}]")
 
+        n = sum(1 for _ in photos.rglob("*.jpg"))  # more than --n when a kept folder is run again
         print(f"in-process check, loader and weight hashing made to fail: ok  [{check_in_process(photos, index)}]")
         walls = []
         for _ in range(args.repeats):
             wall, line = run_cli("index", str(photos), "--index", str(index), "-q")
             walls.append(wall)
-        print(f"no-change re-index of {args.n:,} files: median {statistics.median(walls):.2f} s "
+        print(f"no-change re-index of {n:,} files: median {statistics.median(walls):.2f} s "
               f"(min {min(walls):.2f}, max {max(walls):.2f}, {args.repeats} runs; new process each)  [{line}]")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import dinoret.indexer.build, dinoret.cli"], check=True)
-        print(f"  of which starting Python and importing dinoret (torch, faiss, sqlalchemy): {time.perf_counter() - t0:.2f} s")
+        print(f"  of which starting Python and importing what the run needs (sqlalchemy, numpy, faiss, lmdb; "
+              f"not torch): {time.perf_counter() - t0:.2f} s")
+
+        probe = ("import sys; from dinoret.cli import main; "
+                 f"main(['index', {str(photos)!r}, '--index', {str(index)!r}, '-q'], standalone_mode=False); "
+                 "print('torch imported:', 'torch' in sys.modules)")
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        print(f"  {r.stdout.strip().splitlines()[-1]}")
 
         files = sorted(photos.rglob("*.jpg"))
         later = time.time() + 60
@@ -130,7 +141,7 @@ def main() -> None:
         wall, line = run_cli("index", str(photos), "--index", str(index), "-q")
         print(f"re-index after touching {args.touch:,} files (same bytes): {wall:.2f} s  [{line}]")
 
-        make_photos(photos, args.add, start=args.n)
+        make_photos(photos, args.add, start=n)
         wall, line = run_cli("index", str(photos), "--index", str(index), "-q")
         print(f"re-index with {args.add} new files (loads the model): {wall:.2f} s  [{line}]")
     finally:

@@ -1,4 +1,5 @@
-"""The one way dinoret replaces a file: write a temporary file beside it, then rename.
+"""Files: the one way dinoret replaces a file (write a temporary file beside it, then
+rename), and the sha256 of a file.
 
 A reader (or a crash) sees the old file or the new one, never a torn one. Temporary
 names end with :data:`TMP_SUFFIX` and carry a random part, so concurrent writers of the
@@ -8,12 +9,22 @@ finds leftovers of a crash can delete them by suffix.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (weights files are identified by it, moved files checked with it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fsync_path(path: str | os.PathLike) -> None:

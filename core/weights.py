@@ -14,7 +14,6 @@ the architecture is inferred from the shapes with DINOv2's 64-dimensional heads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dinoret.core.errors import NotFound, UserError
-from dinoret.core.files import atomic_path
+from dinoret.core.files import atomic_path, file_sha256
 from dinoret.core.models import MODELS, BackboneConfig, DinoVisionTransformer, model_config
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -58,14 +57,6 @@ def official_url(name: str) -> str:
 
 def hub_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / official_filename(name)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download(url: str, dest: Path, timeout: float = 20.0) -> None:

@@ -8,6 +8,12 @@ Commit protocol (why a ``kill -9`` loses at most the work since the last commit)
 A chunk without its LMDB commit is deleted by the next run, whose walk finds those files
 uncommitted and embeds them again; a committed file is never embedded twice because the
 next run sees its path with the same size and mtime.
+
+Hot path (a re-run over a collection that barely changed): a file with the size and mtime
+of its record is not opened; a new or changed file is read once, hashed, and decoded from
+the same bytes only if they are not the indexed ones; the model (and torch) is loaded only
+for the first file that needs embedding, and the weights are hashed only if their size or
+mtime changed since the catalog recorded their sha256 (``index_embedder``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 from tqdm import tqdm
@@ -28,15 +35,19 @@ from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.catalog import RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
 from dinoret.indexer.commit import Committer, create_info
 from dinoret.indexer.discover import find_images
-from dinoret.indexer.embed import Embedder
-from dinoret.indexer.file_dataset import FileItem, file_loader
 from dinoret.indexer.index_embedder import check_requested, check_weights, index_preprocess, load_index_embedder, remember_weights
 from dinoret.indexer.index_type import FLAT_MAX
 from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore, Record
-from dinoret.indexer.preprocess import Preprocess
 from dinoret.indexer.sync import SyncResult, remove_unreferenced, sync_shards
 from dinoret.indexer.vectors import remove_uncommitted
+
+if TYPE_CHECKING:
+    # torch (seconds to import) comes in only with the first file to read: a re-run with
+    # nothing changed never imports it.
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.file_dataset import FileItem
+    from dinoret.indexer.preprocess import Preprocess
 
 DEFAULT_MODEL = "dinov2_vits14"
 DEFAULT_SHARD_SIZE = 1_000_000
@@ -90,6 +101,9 @@ def default_workers() -> int:
 
 def _new_embedder(opts: BuildOptions) -> Embedder:
     """The embedder of a new index, from the options (the default model's official weights if none)."""
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.preprocess import Preprocess
+
     preprocess = Preprocess(mode=opts.preprocess or "crop")
     model = opts.model or (None if opts.weights else DEFAULT_MODEL)
     return Embedder.load(model, opts.weights, preprocess, opts.device)
@@ -107,24 +121,30 @@ class _Plan:
     gone: list[int]  # ids whose files are no longer under the roots
 
 
-def _plan(found: list[Path], meta: MetaStore, roots: list[str]) -> _Plan:
+def _plan(roots: list[str], exclude: Path, meta: MetaStore, skipped: dict[str, str]) -> _Plan:
+    """Walk ``roots`` and sort what is found; a file whose size and mtime are those of its
+    record is not opened at all (not even to sniff its format)."""
     plan = _Plan([], {}, 0, [])
+    same_stat: set[str] = set()
+
+    def unchanged(path: Path, st: os.stat_result) -> bool:
+        rec = meta.record_for_path(str(path))
+        if rec is not None and (st.st_size, st.st_mtime) == (rec.size, rec.mtime):
+            same_stat.add(str(path))
+            return True
+        return False
+
     seen = set()
-    for p in found:
+    for p in find_images(roots, exclude=[exclude], on_skip=lambda p, r: skipped.__setitem__(str(p), r),
+                         unchanged=unchanged):
         path = str(p)
         seen.add(path)
-        i = meta.id_for_path(path)
-        rec = meta.get(i) if i is not None else None
+        if path in same_stat:
+            plan.unchanged += 1
+            continue
+        rec = meta.record_for_path(path)
         if rec is not None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                plan.todo.append(path)  # let the loader report why
-                continue
-            if st.st_size == rec.size and st.st_mtime == rec.mtime:
-                plan.unchanged += 1
-                continue
-            plan.known[path] = rec.content_hash
+            plan.known[path] = rec.content_hash  # read it: decoded only if its bytes changed
         plan.todo.append(path)
     plan.gone = [rec.id for rec in meta.iter_records() if _under(rec.path, roots) and rec.path not in seen]
     return plan
@@ -135,6 +155,8 @@ def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder]
     """Reads, embeds and commits ``plan.todo``; returns how many turned out unchanged (same
     bytes, new mtime). ``embedder()`` is called, and the model loaded, only for a file that
     needs embedding."""
+    from dinoret.indexer.file_dataset import file_loader
+
     workers = default_workers() if opts.workers is None else opts.workers
     loader = file_loader(plan.todo, preprocess, opts.batch_size, workers, known=plan.known)
     same_bytes = 0
@@ -147,7 +169,7 @@ def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder]
                     committer.deleted.append(old)
             for item in batch.unchanged:
                 # Touched, not changed: keep id and vector, record the new stat.
-                old = meta.get(meta.id_for_path(item.path))
+                old = meta.record_for_path(item.path)
                 committer.touched.append(replace(old, size=item.size, mtime=item.mtime))
             same_bytes += len(batch.unchanged)
             for tensor, items in batch.groups:
@@ -218,14 +240,15 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
             remove_unreferenced(paths.shards, current)
 
             skipped: dict[str, str] = {}
-            found = list(find_images(roots, exclude=[paths.root], on_skip=lambda p, r: skipped.__setitem__(str(p), r)))
-            plan = _plan(found, meta, roots)
+            plan = _plan(roots, paths.root, meta, skipped)
             if plan.gone:
                 meta.commit([], deleted=plan.gone)
             opts = replace(opts, shard_size=info.shard_size)  # fixed when the index was created
             committer = Committer(paths, meta, opts.shard_size, opts.commit_every)
             t_embed = time.perf_counter()
-            same_bytes = _embed(plan, index_preprocess(info.identity), get_embedder, meta, committer, opts, skipped)
+            same_bytes = 0
+            if plan.todo:
+                same_bytes = _embed(plan, index_preprocess(info.identity), get_embedder, meta, committer, opts, skipped)
             embed_s = time.perf_counter() - t_embed
             sync = sync_shards(paths, engine, meta, info.identity["dim"], forced=opts.index_type,
                                flat_max=opts.flat_max, show_progress=opts.progress)

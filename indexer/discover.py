@@ -19,6 +19,7 @@ from dinoret.indexer.decode import sniff_file
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 OnSkip = Callable[[Path, str], None]
+Unchanged = Callable[[Path, os.stat_result], bool]
 
 
 def _utf8_safe(name: str) -> bool:
@@ -52,8 +53,10 @@ def _sniff(path: Path) -> tuple[str | None, str | None]:
 
 
 class _Walker:
-    def __init__(self, exclude: Iterable[str | os.PathLike], on_skip: OnSkip | None) -> None:
+    def __init__(self, exclude: Iterable[str | os.PathLike], on_skip: OnSkip | None,
+                 unchanged: Unchanged | None = None) -> None:
         self.on_skip = on_skip or (lambda path, reason: None)
+        self.unchanged = unchanged
         self.excluded: set[tuple[int, int]] = set()
         for p in exclude:
             try:
@@ -68,6 +71,10 @@ class _Walker:
         key = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode) or key in self.seen_files:
             return  # FIFOs, sockets, devices (opening a FIFO would block), or already yielded
+        if self.unchanged is not None and self.unchanged(path, st):
+            self.seen_files.add(key)  # an image the index already holds, as it was: not opened
+            yield path
+            return
         fmt, reason = _sniff(path)
         named_like_image = _looks_like_image_name(path)
         if reason is not None:
@@ -123,6 +130,7 @@ def find_images(
     paths: Iterable[str | os.PathLike],
     exclude: Iterable[str | os.PathLike] = (),
     on_skip: OnSkip | None = None,
+    unchanged: Unchanged | None = None,
 ) -> Iterator[Path]:
     """Absolute paths of the image files under ``paths`` (files or folders, recursively).
 
@@ -131,7 +139,9 @@ def find_images(
     used are reported through ``on_skip(path, reason)``, never raised: unreadable folders,
     broken symlinks, symlink loops, non-UTF-8 names, and files named like images that are
     empty, unreadable or not images. Files with other names that are not images are ignored.
+    ``unchanged(path, stat)``: True for a file already known to be an image that has not
+    changed since (an index's record says so); it is yielded without being opened.
     """
-    walker = _Walker(exclude, on_skip)
+    walker = _Walker(exclude, on_skip, unchanged)
     for p in sorted(Path(os.path.abspath(p)) for p in paths):
         yield from walker.entry(p)

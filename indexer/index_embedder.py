@@ -2,7 +2,7 @@
 
 An index's vectors came from one model, weights file (by sha256) and preprocessing, all
 recorded in its catalog (``index_info``). Whoever embeds more images for that index (an
-index run, a query, ``dedup --against`` a folder, the web UI, curation) must embed exactly
+index run, a query, ``dedup --against`` a folder, the web UI) must embed exactly
 the same way, so they all load the embedder here.
 
 Cheap checks come first and nothing is loaded before it is needed: a model or
@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from sqlalchemy import Engine
 
 from dinoret.core.errors import IndexUnavailable, NotFound, UserError
-from dinoret.core.weights import file_sha256
+from dinoret.core.files import file_sha256
 from dinoret.indexer.catalog import IndexInfo, read_info, record_sha256, recorded_sha256
-from dinoret.indexer.embed import Embedder
 from dinoret.indexer.identity import identity_mismatch
-from dinoret.indexer.preprocess import Preprocess
+
+if TYPE_CHECKING:  # torch is imported only when an embedder is made: a run with nothing to embed never needs it
+    import torch
+
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.preprocess import Preprocess
 
 
 def catalog_info(catalog: Engine) -> IndexInfo:
@@ -50,6 +54,8 @@ def check_requested(identity: dict, model: str | None = None, preprocess: str | 
 
 def index_preprocess(identity: dict) -> Preprocess:
     """The preprocessing the index's images were embedded with."""
+    from dinoret.indexer.preprocess import Preprocess
+
     return Preprocess.from_dict(identity["preprocess"])
 
 
@@ -92,6 +98,8 @@ def load_index_embedder(catalog: Engine, weights: str | os.PathLike | None = Non
     """The index's embedder: its model, weights (``weights`` if the recorded file moved; sha256
     checked) and preprocessing, on ``device``. ``catalog``: the index's catalog engine
     (``IndexReader.engine``, or ``open_catalog(IndexPaths.of(dir).catalog)``)."""
+    from dinoret.indexer.embed import Embedder
+
     identity = catalog_info(catalog).identity
     path, sha = check_weights(catalog, weights)
     emb = Embedder.load(None, str(path), index_preprocess(identity), device, sha256=sha)

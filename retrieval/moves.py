@@ -19,8 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dinoret.core.errors import UserError
-from dinoret.core.files import atomic_write
-from dinoret.core.weights import file_sha256
+from dinoret.core.files import atomic_write, file_sha256
 
 MANIFEST_KIND = "dinoret-dedup-moves"
 

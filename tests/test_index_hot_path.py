@@ -24,16 +24,32 @@ def _opts(weights=None, **kw) -> BuildOptions:
                         batch_size=4, **kw)
 
 
+def _count_opens(monkeypatch, folder) -> Counter:
+    """Counts every open() of a file under ``folder`` from now on (path -> times)."""
+    opens: Counter = Counter()
+    real_open = builtins.open
+
+    def counting_open(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(str(folder)):
+            opens[os.fspath(file)] += 1
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opens
+
+
 def _forbid_model_and_hashing(monkeypatch) -> None:
     """Make loading any backbone, or hashing any weights file, fail the test."""
     def forbidden(*a, **k):
         raise AssertionError("the run loaded the model or hashed the weights, with nothing to embed")
 
+    import dinoret.core.files
     import dinoret.core.weights
     import dinoret.indexer.embed
     import dinoret.indexer.index_embedder
 
     monkeypatch.setattr(dinoret.core.weights, "load_backbone", forbidden)
+    monkeypatch.setattr(dinoret.core.files, "file_sha256", forbidden)
     monkeypatch.setattr(dinoret.core.weights, "file_sha256", forbidden)
     monkeypatch.setattr(dinoret.indexer.embed, "load_backbone", forbidden)
     monkeypatch.setattr(dinoret.indexer.index_embedder, "file_sha256", forbidden)
@@ -43,8 +59,10 @@ def test_no_change_rerun_loads_no_model_and_hashes_no_weights(tmp_path, image_di
     idx = tmp_path / "idx"
     assert build_index([image_dir], idx, _opts(tiny_weights)).indexed == 12
     _forbid_model_and_hashing(monkeypatch)
+    opens = _count_opens(monkeypatch, image_dir)
     s = build_index([image_dir], idx, _opts())
     assert (s.indexed, s.unchanged, s.removed, s.skipped) == (0, 12, 0, [])
+    assert not opens  # same size and mtime as indexed: not even opened to sniff the format
     # The same weights named again are recognised by path, size and mtime (recorded with their sha256).
     s = build_index([image_dir], idx, _opts(tiny_weights))
     assert (s.indexed, s.unchanged) == (0, 12)
@@ -86,19 +104,11 @@ def test_each_new_file_is_read_once(tmp_path, image_dir, tiny_weights, monkeypat
     which are both hashed and decoded."""
     idx = tmp_path / "idx"
     build_index([image_dir / "sub"], idx, _opts(tiny_weights))  # model loaded and weights hashed: not counted
-    opens: Counter = Counter()
-    real_open = builtins.open
-
-    def counting_open(file, *a, **k):
-        if isinstance(file, (str, os.PathLike)) and str(image_dir) in os.fspath(file):
-            opens[os.fspath(file)] += 1
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
+    opens = _count_opens(monkeypatch, image_dir)
     s = build_index([image_dir], idx, _opts(tiny_weights))
     assert s.indexed == 10
     new = {str(image_dir / f"img{i:02d}.jpg") for i in range(10)}
-    assert {p: n for p, n in opens.items() if p in new} == {p: 2 for p in new}
+    assert dict(opens) == {p: 2 for p in new}  # the two indexed PNGs in sub/ are not opened
 
 
 def test_a_weights_file_replaced_in_place_is_refused_when_there_is_work(tmp_path, image_dir, tiny_weights, vits14_weights):
