@@ -38,7 +38,8 @@ def index(paths, index: str | os.PathLike | None = None, model: str | None = Non
     preprocessing is refused. ``index_type``: ``auto`` (exact while small, IVF-PQ past 50,000
     images), ``flat`` or ``ivfpq``. ``workers``: decoding processes (default half the cores,
     at most 8; 0 decodes in this process). Safe to interrupt: run it again to finish.
-    What the run did is in the returned handle's ``summary``.
+    What the run did is in the returned handle's ``summary``; the handle is read-only
+    (``dinoret.open(index, writable=True)`` stores dedup runs).
 
     >>> idx = dinoret.index("photos", index=".dinoret", weights="dinov2_vits14_pretrain.pth", progress=False)
     >>> idx.summary.indexed + idx.summary.unchanged == len(idx)
