@@ -6,7 +6,15 @@ layer can raise it; the CLI and the web UI turn it into a message and an exit co
 
 
 class UserError(Exception):
-    """A problem the user can fix: bad argument, missing index, missing weights."""
+    """A problem the user can fix: bad argument, missing index, missing weights. The one base
+    class of the errors the library raises (``dinoret.Error``); the CLI prints it as one line.
+
+    >>> try:
+    ...     dinoret.open("no/such/index")
+    ... except dinoret.Error as e:
+    ...     print(str(e).split(":")[0])
+    no index at ...
+    """
 
     exit_code = 2
 

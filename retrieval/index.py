@@ -29,6 +29,14 @@ _RERANK_BATCH = 256  # queries re-ranked at once (bounds memory: batch x candida
 
 @dataclass
 class Hit:
+    """One search result: the indexed image ``id`` at ``path``, its cosine ``score`` to the
+    query and its ``rank`` (1 = most similar).
+
+    >>> hit = dinoret.open(".dinoret").search("query.jpg", k=1)[0]
+    >>> hit.rank, isinstance(hit.id, int), isinstance(hit.score, float)
+    (1, True, True)
+    """
+
     rank: int  # 1-based
     id: int
     path: str
@@ -194,12 +202,18 @@ class IndexReader:
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
         if not images:
             return []
-        scores, ids = self.search(self.embed_images(images), k=k, rerank=rerank)
+        return self.hits(*self.search(self.embed_images(images), k=k, rerank=rerank))
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None,
+             leave_out: list[int | None] | None = None) -> list[list[Hit]]:
+        """``search``'s (scores, ids) as :class:`Hit` lists: padding and ids deleted meanwhile
+        dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row."""
         live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
         out = []
-        for row_s, row_i in zip(scores, ids):
-            hits = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live]
-            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(hits, 1)])
+        for row, (row_s, row_i) in enumerate(zip(scores, ids)):
+            skip = leave_out[row] if leave_out is not None else None
+            found = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live and i != skip][:k]
+            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(found, 1)])
         return out
 
     # --- about the index ------------------------------------------------------
