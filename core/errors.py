@@ -10,10 +10,18 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem the user can fix: bad argument, missing index, missing weights.
+    """A problem the user can fix: bad argument, missing index, missing weights. The one base
+    class of the errors the library raises (``dinoret.Error``); the CLI prints it as one line.
 
-    ``param``: the name of the parameter (as the library function calls it) that the
-    user should change, or a tuple of names; None when no single parameter is at fault.
+    ``param``: the name of the parameter that the user should change (as the library
+    function and the CLI option call it), or a tuple of names; None when no single
+    parameter is at fault.
+
+    >>> try:
+    ...     dinoret.open("no/such/index")
+    ... except dinoret.Error as e:
+    ...     print(str(e).split(":")[0])
+    no index at ...
     """
 
     exit_code = 2

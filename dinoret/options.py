@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import click
 
+from dinoret.indexer.layout import DEFAULT_INDEX_DIR, INDEX_DIR_ENV
+
 index_option = click.option(
     "--index",
     "index_dir",
-    default=".dinoret",
-    envvar="DINORET_INDEX",
+    default=DEFAULT_INDEX_DIR,
+    envvar=INDEX_DIR_ENV,
     show_default=True,
     type=click.Path(file_okay=False),
     help="Index directory (or set DINORET_INDEX).",

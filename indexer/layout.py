@@ -10,6 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_INDEX_DIR = ".dinoret"
+INDEX_DIR_ENV = "DINORET_INDEX"
+
+
+def default_index_dir() -> str:
+    """The index directory when none is named: ``$DINORET_INDEX``, else ``./.dinoret``."""
+    return os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR
+
 
 @dataclass(frozen=True)
 class IndexPaths:

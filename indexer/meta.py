@@ -32,6 +32,14 @@ _DBS = ("records", "paths", "hashes", "tombstones", "counters")
 
 @dataclass
 class Record:
+    """What the index knows of one image file (``Index.record(id)``).
+
+    >>> idx = dinoret.open(".dinoret")
+    >>> rec = idx.record(idx.ids()[0])
+    >>> rec.width > 0 and rec.height > 0 and len(rec.content_hash) == 32
+    True
+    """
+
     id: int
     path: str  # absolute
     size: int

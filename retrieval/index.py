@@ -28,6 +28,14 @@ _RERANK_BATCH = 256  # queries re-ranked at once (bounds memory: batch x candida
 
 @dataclass
 class Hit:
+    """One search result: the indexed image ``id`` at ``path``, its cosine ``score`` to the
+    query and its ``rank`` (1 = most similar).
+
+    >>> hit = dinoret.open(".dinoret").search("query.jpg", k=1)[0]
+    >>> hit.rank, isinstance(hit.id, int), isinstance(hit.score, float)
+    (1, True, True)
+    """
+
     rank: int  # 1-based
     id: int
     path: str
@@ -180,25 +188,29 @@ class IndexReader:
                 raise UserError(f"cannot read query image {img}: {e.reason}") from None
         return emb.embed_images(pil)
 
-    def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None, leave_out: int | None = None) -> list[Hit]:
-        """The hit records of one result row (``search`` output): padding, ids deleted since the
-        search and ``leave_out`` are dropped; at most ``k``, ranked from 1."""
-        found = [(int(i), float(s)) for i, s in zip(np.ravel(ids), np.ravel(scores)) if i >= 0 and i != leave_out]
-        live = {r.id: r for r in self.records([i for i, _ in found])}
-        kept = [(i, s) for i, s in found if i in live][:k]
-        return [Hit(rank=r, id=i, path=live[i].path, score=s) for r, (i, s) in enumerate(kept, 1)]
-
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
         """The ``k`` best hits for each query image (a path or a PIL image)."""
         if not images:
             return []
-        scores, ids = self.search(self.embed_images(images), k=k, rerank=rerank)
-        return [self.hits(row_s, row_i) for row_s, row_i in zip(scores, ids)]
+        return self.hits(*self.search(self.embed_images(images), k=k, rerank=rerank))
 
     def search_by_id(self, image_id: int, k: int = 10, rerank: bool = True) -> list[Hit]:
         """The ``k`` indexed images most like indexed image ``image_id``, leaving out the image itself."""
         scores, ids = self.search(self.vectors(np.array([image_id], dtype=np.int64)), k=k + 1, rerank=rerank)
-        return self.hits(scores[0], ids[0], k, leave_out=image_id)
+        return self.hits(scores, ids, k, leave_out=[image_id])[0]
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None,
+             leave_out: list[int | None] | None = None) -> list[list[Hit]]:
+        """``search``'s (scores, ids) as :class:`Hit` lists: padding and ids deleted meanwhile
+        dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row.
+        The one place hit records are built (CLI, web UI and Python API)."""
+        live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
+        out = []
+        for row, (row_s, row_i) in enumerate(zip(scores, ids)):
+            skip = leave_out[row] if leave_out is not None else None
+            found = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live and i != skip][:k]
+            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(found, 1)])
+        return out
 
     # --- about the index ------------------------------------------------------
     def stats(self) -> dict:
