@@ -34,6 +34,14 @@ def _app(index_dir):
     return create_app(index_dir, {"TESTING": True})
 
 
+@pytest.fixture
+def index_copy(pnm_index, tmp_path):
+    """A copy of the module's index (its own LMDB environment and thumbnail cache) to damage."""
+    copy = tmp_path / "index"
+    shutil.copytree(pnm_index[0], copy)
+    return copy
+
+
 def test_an_indexed_pnm_is_thumbnailed_shown_and_served(pnm_index):
     index_dir, photos = pnm_index
     app = _app(index_dir)
@@ -54,11 +62,9 @@ def test_an_indexed_pnm_is_thumbnailed_shown_and_served(pnm_index):
     assert r.status_code == 200 and r.get_json()["results"][0]["path"] == str(photos / "b.ppm")
 
 
-def test_a_stored_file_that_no_longer_decodes_is_a_404_not_a_400(pnm_index, tmp_path):
-    index_dir, photos = pnm_index
-    copy = tmp_path / "index"
-    shutil.copytree(index_dir, copy)
-    app = _app(copy)
+def test_a_stored_file_that_no_longer_decodes_is_a_404_not_a_400(pnm_index, index_copy):
+    photos = pnm_index[1]
+    app = _app(index_copy)
     reader = app.extensions["dinoret.reader"]
     i = reader.id_for_path(photos / "a.jpg")
     saved = (photos / "a.jpg").read_bytes()
@@ -70,13 +76,10 @@ def test_a_stored_file_that_no_longer_decodes_is_a_404_not_a_400(pnm_index, tmp_
         (photos / "a.jpg").write_bytes(saved)
 
 
-def test_missing_shard_files_are_a_503_with_the_reason(pnm_index, tmp_path):
-    index_dir, _ = pnm_index
-    copy = tmp_path / "index"
-    shutil.copytree(index_dir, copy)
-    for f in (copy / "shards").glob("*.faiss"):
+def test_missing_shard_files_are_a_503_with_the_reason(index_copy):
+    for f in (index_copy / "shards").glob("*.faiss"):
         f.unlink()
-    app = _app(copy)
+    app = _app(index_copy)
     client = app.test_client()
     r = client.post("/api/search", json={"id": 0, "k": 2})
     assert r.status_code == 503 and "shard files" in r.get_json()["error"] and "missing" in r.get_json()["error"]
