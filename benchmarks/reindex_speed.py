@@ -125,12 +125,12 @@ def main() -> None:
               f"(min {min(walls):.2f}, max {max(walls):.2f}, {args.repeats} runs; new process each)  [{line}]")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import dinoret.indexer.build, dinoret.cli"], check=True)
-        print(f"  of which starting Python and importing what the run needs (sqlalchemy, numpy, faiss, lmdb; "
-              f"not torch): {time.perf_counter() - t0:.2f} s")
+        print(f"  of which starting Python and importing what the run needs (sqlalchemy, numpy, lmdb, PIL; "
+              f"not torch, not Faiss): {time.perf_counter() - t0:.2f} s; load average {os.getloadavg()[0]:.1f}")
 
         probe = ("import sys; from dinoret.cli import main; "
                  f"main(['index', {str(photos)!r}, '--index', {str(index)!r}, '-q'], standalone_mode=False); "
-                 "print('torch imported:', 'torch' in sys.modules)")
+                 "print('torch imported:', 'torch' in sys.modules, '; Faiss imported:', 'faiss' in sys.modules)")
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
         print(f"  {r.stdout.strip().splitlines()[-1]}")
 
