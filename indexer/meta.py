@@ -155,6 +155,13 @@ class MetaStore:
                 out.append(None if v is None else _decode(k, v))
             return out
 
+    def record_for_path(self, path: str) -> Record | None:
+        """The live record of ``path``, if any (one read transaction)."""
+        with self.env.begin() as txn:
+            k = txn.get(path_key(path), db=self.db["paths"])
+            v = None if k is None else txn.get(k, db=self.db["records"])
+            return None if v is None else _decode(k, v)
+
     def live_mask(self, ids: np.ndarray) -> np.ndarray:
         """True where the id is live (a record exists)."""
         with self.env.begin(db=self.db["records"]) as txn:

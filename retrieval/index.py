@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dinoret.core.errors import IndexUnavailable, NotFound, UserError
 from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
-from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.shards import merge_topk, read_index, search_shards
 from dinoret.indexer.vectors import VectorStore
-from dinoret.core.errors import UserError
 
 __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
@@ -46,7 +45,7 @@ class Hit:
 def open_index(index_dir: str | Path) -> "IndexReader":
     paths = IndexPaths.of(index_dir)
     if not paths.exists():
-        raise UserError(f"no index at {paths.root}: build one with `dinoret index PATH --index {index_dir}`")
+        raise NotFound(f"no index at {paths.root}: build one with `dinoret index PATH`", param="index_dir")
     return IndexReader(paths)
 
 
@@ -65,7 +64,7 @@ class IndexReader:
         self.engine = open_catalog(paths.catalog)
         info = read_info(self.engine)
         if info is None:
-            raise UserError(f"index at {self.root} was never completed: run `dinoret index` on it again")
+            raise IndexUnavailable(f"index at {self.root} was never completed: run `dinoret index` on it again")
         self.identity: dict = info.identity
         self.weights_path: str = info.weights_path
         self.meta = MetaStore(paths.meta, readonly=True)
@@ -121,7 +120,7 @@ class IndexReader:
             files = [self._paths.shards / row.file for row in read_shards(self.engine)]
             if all(f.is_file() for f in files):
                 return spec, [read_index(f, spec) for f in files]
-        raise UserError(f"shard files of {self.root} are missing: run `dinoret index` on it again")
+        raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def search(self, queries: np.ndarray, k: int = 10, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores float32 [Q,k], ids int64 [Q,k]) per query vector; -inf / -1 pad.
@@ -155,21 +154,11 @@ class IndexReader:
         return out
 
     def embedder(self, device: str = "auto", weights: str | None = None):
-        """The collection's embedder: same model, weights (sha256 checked) and preprocessing."""
-        from dinoret.indexer.embed import Embedder
-        from dinoret.indexer.preprocess import Preprocess
+        """The collection's embedder: same model, weights (sha256 checked) and preprocessing
+        (:func:`dinoret.indexer.index_embedder.load_index_embedder`)."""
+        from dinoret.indexer.index_embedder import load_index_embedder
 
-        path = Path(weights or self.weights_path)
-        if not path.is_file():
-            raise UserError(
-                f"the weights this index was built with are not at {path}: pass --weights FILE "
-                f"(the {self.identity['model']} file with sha256 {self.identity['weights_sha256'][:12]}…)"
-            )
-        emb = Embedder.load(None, str(path), Preprocess.from_dict(self.identity["preprocess"]), device)
-        problem = identity_mismatch(self.identity, emb.identity())
-        if problem:
-            raise UserError(f"{path} does not match the index: {problem}")
-        return emb
+        return load_index_embedder(self.engine, weights=weights, device=device)
 
     def configure_embedder(self, device: str = "auto", weights: str | None = None) -> None:
         """Choose the device (and weights file) that ``search_images`` embeds queries with."""
@@ -200,14 +189,21 @@ class IndexReader:
         return emb.embed_images(pil)
 
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
+        """The ``k`` best hits for each query image (a path or a PIL image)."""
         if not images:
             return []
         return self.hits(*self.search(self.embed_images(images), k=k, rerank=rerank))
 
+    def search_by_id(self, image_id: int, k: int = 10, rerank: bool = True) -> list[Hit]:
+        """The ``k`` indexed images most like indexed image ``image_id``, leaving out the image itself."""
+        scores, ids = self.search(self.vectors(np.array([image_id], dtype=np.int64)), k=k + 1, rerank=rerank)
+        return self.hits(scores, ids, k, leave_out=[image_id])[0]
+
     def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None,
              leave_out: list[int | None] | None = None) -> list[list[Hit]]:
         """``search``'s (scores, ids) as :class:`Hit` lists: padding and ids deleted meanwhile
-        dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row."""
+        dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row.
+        The one place hit records are built (CLI, web UI and Python API)."""
         live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
         out = []
         for row, (row_s, row_i) in enumerate(zip(scores, ids)):

@@ -279,7 +279,7 @@ def test_errors_are_dinoret_errors_never_system_exit(built, idx, tmp_path, tiny_
         ("k must be", lambda: idx.search("x.jpg", k=0)),
         ("no image with id", lambda: idx.record(10**9)),
         ("no stored vector", lambda: idx.vectors().get([10**9])),
-        ("--keep must be", lambda: idx.dedup(keep="newest")),
+        ("keeper policy must be", lambda: idx.dedup(keep="newest")),
         ("method must be", lambda: idx.dedup(method="annoy")),
         ("no such file or folder", lambda: idx.dedup(against=tmp_path / "nothing")),
         ("no dedup report", lambda: idx.report(10**6)),

@@ -12,7 +12,7 @@ from dinoret.api.embedding import embed_with
 from dinoret.api.groups import Groups
 from dinoret.api.inputs import check_vector, is_id, is_vector, split_queries
 from dinoret.api.vectors import Vectors
-from dinoret.core.errors import UserError
+from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.layout import default_index_dir
 from dinoret.indexer.meta import Record
 from dinoret.retrieval.dedup import DEFAULT_K, DEFAULT_THRESHOLD, against_source, find_duplicates
@@ -147,7 +147,7 @@ class Index:
         """
         rec = self._reader.record(int(id)) if is_id(id) else None
         if rec is None:
-            raise UserError(f"no image with id {id} in the index {self.root}")
+            raise NotFound(f"no image with id {id} in the index {self.root}")
         return rec
 
     def ids(self) -> np.ndarray:
