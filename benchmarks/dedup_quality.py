@@ -60,17 +60,18 @@ def augly_copydetect(data: Path) -> list[tuple[str, str]]:
 
 
 def imagededup_testdata(data: Path) -> list[tuple[str, str]]:
-    from dinoret.indexer.decode import SkipFile, open_image
+    from dinoret.indexer.decode import SkipFile, open_image, read_file
     from dinoret.indexer.discover import find_images
     from dinoret.indexer.file_dataset import content_hash
 
     seen, out = set(), []
     for p in find_images([data / "imagededup_testdata"]):
         try:
-            open_image(p)
+            data_bytes = read_file(p)[0]
+            open_image(data_bytes)
         except SkipFile:
             continue  # the two deliberately corrupt JPEGs
-        h = content_hash(str(p))
+        h = content_hash(data_bytes)
         if h in seen:
             continue
         seen.add(h)

@@ -14,9 +14,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available")
+        raise UserError(f"device {name!r} was asked for but no CUDA GPU is available", param="device")
     if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
+        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda", param="device")
     return torch.device(name)
 
 

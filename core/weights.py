@@ -14,11 +14,9 @@ the architecture is inferred from the shapes with DINOv2's 64-dimensional heads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
@@ -26,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from dinoret.core.errors import UserError
+from dinoret.core.errors import NotFound, UserError
+from dinoret.core.files import atomic_path, file_sha256
 from dinoret.core.models import MODELS, BackboneConfig, DinoVisionTransformer, model_config
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -60,25 +59,10 @@ def hub_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / official_filename(name)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, timeout: float = 20.0) -> None:
     """Download to a temporary name beside ``dest`` and rename, so a cut leaves no partial file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(r, f, length=1 << 22)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+        shutil.copyfileobj(r, f, length=1 << 22)
 
 
 def resolve_weights(name: str | None, weights: str | Path | None) -> Path:
@@ -86,10 +70,10 @@ def resolve_weights(name: str | None, weights: str | Path | None) -> Path:
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise UserError(f"weights file not found: {path}")
+            raise NotFound(f"weights file not found: {path}", param="weights")
         return path
     if name is None:
-        raise UserError("no model given: pass --model NAME or --weights FILE")
+        raise UserError("no model given: name a model or give a weights file", param=("model", "weights"))
     model_config(name)  # unknown names fail here, before any download
     cached = hub_cache_path(name)
     if cached.is_file():
@@ -100,9 +84,10 @@ def resolve_weights(name: str | None, weights: str | Path | None) -> Path:
             return cached
         except (urllib.error.URLError, OSError, TimeoutError):
             pass
-    raise UserError(
-        f"no weights for {name}: download {official_url(name)} and pass --weights FILE, "
-        f"or place it at {cached}"
+    raise NotFound(
+        f"no weights for {name} and no download possible: fetch {official_url(name)} and put it at {cached} "
+        f"(or give the file's path as the weights)",
+        param="weights",
     )
 
 
@@ -115,7 +100,8 @@ def infer_config(state_dict: dict) -> tuple[str | None, BackboneConfig]:
         patch = state_dict["patch_embed.proj.weight"].shape[-1]
         grid = state_dict["pos_embed"].shape[1] - 1
     except (KeyError, ValueError, AttributeError, IndexError):
-        raise UserError("weights file is not a DINOv2 backbone (missing cls_token/blocks/pos_embed)") from None
+        raise UserError("weights file is not a DINOv2 backbone (missing cls_token/blocks/pos_embed)",
+                        param="weights") from None
     img_size = int(round(grid**0.5)) * patch
     for name, cfg in MODELS.items():
         if (cfg.embed_dim, cfg.depth, cfg.num_register_tokens, cfg.patch_size) == (dim, depth, n_reg, patch):
@@ -146,9 +132,9 @@ def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
-        raise UserError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot read weights file {path}: {str(e).splitlines()[0]}", param="weights") from None
     if not isinstance(obj, dict):
-        raise UserError(f"weights file {path} does not hold a state dict")
+        raise UserError(f"weights file {path} does not hold a state dict", param="weights")
     kind = obj.get("dinoret")
     sidecar = Path(path).with_suffix(".json")
     if kind is None and sidecar.is_file():
@@ -169,18 +155,22 @@ def load_state_strict(model: DinoVisionTransformer, state_dict: dict, source: st
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:400]
-        raise UserError(f"weights in {source} do not fit the model: {detail}") from None
+        raise UserError(f"weights in {source} do not fit the model: {detail}", param="weights") from None
 
 
 def load_backbone(
-    name: str | None = None, weights: str | Path | None = None, device: str | torch.device = "cpu"
+    name: str | None = None, weights: str | Path | None = None, device: str | torch.device = "cpu",
+    sha256: str | None = None,
 ) -> Backbone:
-    """A backbone with real weights, in eval mode, on ``device``."""
+    """A backbone with real weights, in eval mode, on ``device``.
+
+    ``sha256``: the weights file's sha256 when the caller already knows it (the index
+    catalog records it), which saves hashing a file of up to gigabytes again."""
     path = resolve_weights(name, weights)
     file_name, file_cfg, sd = read_checkpoint(path)
     if file_cfg is not None:
         if name and file_name and name != file_name:
-            raise UserError(f"weights file {path} holds {file_name}, not {name}")
+            raise UserError(f"weights file {path} holds {file_name}, not {name}", param=("model", "weights"))
         cfg, name = file_cfg, name or file_name or "custom"
     else:
         inferred_name, inferred_cfg = infer_config(sd)
@@ -189,7 +179,7 @@ def load_backbone(
     model = DinoVisionTransformer(cfg)
     load_state_strict(model, sd, str(path))
     model.eval().to(device)
-    return Backbone(model, name, cfg, str(Path(path).resolve()), file_sha256(path))
+    return Backbone(model, name, cfg, str(Path(path).resolve()), sha256 or file_sha256(path))
 
 
 def write_sidecar(weights_path: str | Path, cfg: BackboneConfig, name: str) -> Path:
@@ -201,9 +191,6 @@ def write_sidecar(weights_path: str | Path, cfg: BackboneConfig, name: str) -> P
 
 def save_backbone(path: str | Path, model: DinoVisionTransformer, name: str = "custom") -> None:
     """Write a self-describing backbone file (architecture + weights), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"dinoret": "backbone", "name": name, "config": model.cfg.to_dict(), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"dinoret": "backbone", "name": name, "config": model.cfg.to_dict(), "state_dict": state}, tmp)

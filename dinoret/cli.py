@@ -30,11 +30,21 @@ class DinoretGroup(click.Group):
         module = importlib.import_module(f"dinoret.commands.{name.replace('-', '_')}")
         return module.command
 
+    def _flags_hint(self, ctx: click.Context, params: tuple[str, ...]) -> str:
+        """`` (see --weights)``: the options of the running subcommand that set the parameters a
+        library error names (library messages never name flags themselves)."""
+        cmd = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        if cmd is None or not params:
+            return ""
+        flags = [next((o for o in p.opts if o.startswith("--")), p.opts[0])
+                 for name in params for p in cmd.params if isinstance(p, click.Option) and p.name == name]
+        return f" (see {', '.join(flags)})" if flags else ""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {shown(str(e))}", err=True)
+            click.echo(f"error: {shown(str(e))}{self._flags_hint(ctx, e.params)}", err=True)
             sys.exit(e.exit_code)
         except click.UsageError as e:
             # click's own usage errors (a missing file, a bad value) are one line like every other.

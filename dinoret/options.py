@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from dinoret.indexer.layout import DEFAULT_INDEX_DIR, INDEX_DIR_ENV
+
 
 def not_empty(ctx: click.Context, param: click.Parameter, value):
     """Refuse an empty path (``--index ""``), which would otherwise mean the current folder."""
@@ -15,8 +17,8 @@ def not_empty(ctx: click.Context, param: click.Parameter, value):
 index_option = click.option(
     "--index",
     "index_dir",
-    default=".dinoret",
-    envvar="DINORET_INDEX",
+    default=DEFAULT_INDEX_DIR,
+    envvar=INDEX_DIR_ENV,
     show_default=True,
     type=click.Path(file_okay=False),
     callback=not_empty,

@@ -8,6 +8,12 @@ Commit protocol (why a ``kill -9`` loses at most the work since the last commit)
 A chunk without its LMDB commit is deleted by the next run, whose walk finds those files
 uncommitted and embeds them again; a committed file is never embedded twice because the
 next run sees its path with the same size and mtime.
+
+Hot path (a re-run over a collection that barely changed): a file with the size and mtime
+of its record is not opened; a new or changed file is read once, hashed, and decoded from
+the same bytes only if they are not the indexed ones; the model (and torch) is loaded only
+for the first file that needs embedding, and the weights are hashed only if their size or
+mtime changed since the catalog recorded their sha256 (``index_embedder``).
 """
 from __future__ import annotations
 
@@ -15,26 +21,33 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from dinoret.indexer.catalog import IndexInfo, RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
+from dinoret.core.errors import NotFound, UserError
+from dinoret.indexer.catalog import RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
 from dinoret.indexer.commit import Committer, create_info
 from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.discover import find_images
-from dinoret.indexer.file_dataset import FileItem, file_loader
-from dinoret.indexer.identity import identity_mismatch
+from dinoret.indexer.index_embedder import check_requested, check_weights, index_preprocess, load_index_embedder, remember_weights
 from dinoret.indexer.index_type import FLAT_MAX
 from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.sync import SyncResult, remove_unreferenced, sync_shards
 from dinoret.indexer.vectors import remove_uncommitted
 from dinoret.indexer.writer_lock import writer_lock
-from dinoret.core.errors import UserError
+
+if TYPE_CHECKING:
+    # torch (seconds to import) comes in only with the first file to read: a re-run with
+    # nothing changed never imports it.
+    from dinoret.indexer.embed import Embedder
+    from dinoret.indexer.file_dataset import FileItem
+    from dinoret.indexer.preprocess import Preprocess
 
 DEFAULT_MODEL = "dinov2_vits14"
 DEFAULT_SHARD_SIZE = 1_000_000
@@ -75,92 +88,83 @@ def default_workers() -> int:
     return min(8, (os.cpu_count() or 2) // 2)
 
 
-def _load_embedder(info: IndexInfo | None, opts: BuildOptions):
+def _new_embedder(opts: BuildOptions) -> Embedder:
+    """The embedder of a new index, from the options (the default model's official weights if none)."""
     from dinoret.indexer.embed import Embedder
     from dinoret.indexer.preprocess import Preprocess
 
-    if info is None:
-        preprocess = Preprocess(mode=opts.preprocess or "crop")
-        model = opts.model or (None if opts.weights else DEFAULT_MODEL)
-        return Embedder.load(model, opts.weights, preprocess, opts.device)
-    recorded = info.identity
-    if opts.model and opts.model != recorded["model"]:
-        raise UserError(
-            f"the index was built with {recorded['model']}, not {opts.model}: vectors of two models "
-            f"cannot be mixed; use another --index DIR (or delete this one)"
-        )
-    preprocess = Preprocess.from_dict(recorded["preprocess"])
-    if opts.preprocess and opts.preprocess != preprocess.mode:
-        raise UserError(
-            f"the index was built with --preprocess {preprocess.mode}, not {opts.preprocess}; "
-            f"use another --index DIR (or delete this one)"
-        )
-    weights = opts.weights or info.weights_path
-    if not Path(weights).is_file():
-        raise UserError(f"the weights this index was built with are not at {weights}: pass --weights FILE")
-    emb = Embedder.load(None if not opts.model else opts.model, weights, preprocess, opts.device)
-    problem = identity_mismatch(recorded, emb.identity())
-    if problem:
-        raise UserError(f"refusing to mix embeddings: {problem}; use another --index DIR (or delete this one)")
-    return emb
+    preprocess = Preprocess(mode=opts.preprocess or "crop")
+    model = opts.model or (None if opts.weights else DEFAULT_MODEL)
+    return Embedder.load(model, opts.weights, preprocess, opts.device)
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def _plan(found: list[Path], meta: MetaStore, roots: list[str]) -> tuple[list[str], list[Record], list[int]]:
-    """(paths to embed, unchanged records, ids whose files are gone)."""
-    todo, unchanged = [], []
+@dataclass
+class _Plan:
+    todo: list[str]  # paths to read (new files, or known files whose size or mtime changed)
+    known: dict[str, str]  # path -> indexed content hash, for the known files in todo
+    unchanged: int  # known files with the same size and mtime: not even opened
+    gone: list[int]  # ids whose files are no longer under the roots
+
+
+def _plan(roots: list[str], exclude: Path, meta: MetaStore, skipped: dict[str, str]) -> _Plan:
+    """Walk ``roots`` and sort what is found; a file whose size and mtime are those of its
+    record is not opened at all (not even to sniff its format)."""
+    plan = _Plan([], {}, 0, [])
+    same_stat: set[str] = set()
+
+    def unchanged(path: Path, st: os.stat_result) -> bool:
+        rec = meta.record_for_path(str(path))
+        if rec is not None and (st.st_size, st.st_mtime) == (rec.size, rec.mtime):
+            same_stat.add(str(path))
+            return True
+        return False
+
     seen = set()
-    for p in found:
+    for p in find_images(roots, exclude=[exclude], on_skip=lambda p, r: skipped.__setitem__(str(p), r),
+                         unchanged=unchanged):
         path = str(p)
         seen.add(path)
-        i = meta.id_for_path(path)
-        rec = meta.get(i) if i is not None else None
+        if path in same_stat:
+            plan.unchanged += 1
+            continue
+        rec = meta.record_for_path(path)
         if rec is not None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                todo.append(path)  # let the loader report why
-                continue
-            if st.st_size == rec.size and st.st_mtime == rec.mtime:
-                unchanged.append(rec)
-                continue
-        todo.append(path)
-    gone = [rec.id for rec in meta.iter_records() if _under(rec.path, roots) and rec.path not in seen]
-    return todo, unchanged, gone
+            plan.known[path] = rec.content_hash  # read it: decoded only if its bytes changed
+        plan.todo.append(path)
+    plan.gone = [rec.id for rec in meta.iter_records() if _under(rec.path, roots) and rec.path not in seen]
+    return plan
 
 
-def _embed(todo: list[str], embedder, meta: MetaStore, committer: Committer, opts: BuildOptions,
-           skipped: dict[str, str]) -> int:
-    """Embeds and commits ``todo``; returns how many turned out unchanged (same bytes, new mtime)."""
+def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder], meta: MetaStore,
+           committer: Committer, opts: BuildOptions, skipped: dict[str, str]) -> int:
+    """Reads, embeds and commits ``plan.todo``; returns how many turned out unchanged (same
+    bytes, new mtime). ``embedder()`` is called, and the model loaded, only for a file that
+    needs embedding."""
+    from dinoret.indexer.file_dataset import file_loader
+
     workers = default_workers() if opts.workers is None else opts.workers
-    loader = file_loader(todo, embedder.preprocess, opts.batch_size, workers)
+    loader = file_loader(plan.todo, preprocess, opts.batch_size, workers, known=plan.known)
     same_bytes = 0
-    with tqdm(total=len(todo), unit="img", desc="embedding", disable=not opts.progress, smoothing=0.1) as bar:
+    with tqdm(total=len(plan.todo), unit="img", desc="embedding", disable=not opts.progress, smoothing=0.1) as bar:
         for batch in loader:
             for item in batch.failed:
                 skipped[item.path] = item.reason
                 old = meta.id_for_path(item.path)
                 if old is not None:  # it was indexed and is now unreadable: drop it
                     committer.deleted.append(old)
+            for item in batch.unchanged:
+                # Touched, not changed: keep id and vector, record the new stat.
+                old = meta.record_for_path(item.path)
+                committer.touched.append(replace(old, size=item.size, mtime=item.mtime))
+            same_bytes += len(batch.unchanged)
             for tensor, items in batch.groups:
-                keep = []
-                for j, item in enumerate(items):
-                    old_id = meta.id_for_path(item.path)
-                    old = meta.get(old_id) if old_id is not None else None
-                    if old is not None and old.content_hash == item.content_hash:
-                        # Touched, not changed: keep id and vector, record the new stat.
-                        committer.touched.append(Record(**{**old.__dict__, "size": item.size, "mtime": item.mtime}))
-                        same_bytes += 1
-                    else:
-                        keep.append(j)
-                if keep:
-                    vecs = embedder.embed_batch(tensor[keep] if len(keep) < len(items) else tensor)
-                    for j, v in zip(keep, vecs):
-                        committer.add(_record(items[j]), v)
-            bar.update(sum(len(items) for _, items in batch.groups) + len(batch.failed))
+                for item, vector in zip(items, embedder().embed_batch(tensor)):
+                    committer.add(_record(item), vector)
+            bar.update(sum(len(items) for _, items in batch.groups) + len(batch.failed) + len(batch.unchanged))
             committer.maybe_commit()
     committer.commit()
     return same_bytes
@@ -190,7 +194,7 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
     roots = [os.path.abspath(p) for p in inputs]
     for r in roots:
         if not os.path.lexists(r):
-            raise UserError(f"no such file or folder: {r}")
+            raise NotFound(f"no such file or folder: {r}")
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -198,9 +202,23 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
     with writer_lock(paths.lock), index_errors(paths.root):
         engine = open_catalog(paths.catalog, create=True)
         info = read_info(engine)
-        embedder = _load_embedder(info, opts)
+        embedder: Embedder | None = None
         if info is None:
+            embedder = _new_embedder(opts)
             info = create_info(engine, embedder.identity(), embedder.backbone.weights_path, opts.shard_size)
+            remember_weights(engine, embedder.backbone.weights_path, embedder.backbone.weights_sha256)
+        else:
+            # Refused by name, before any file is read; the model itself loads only if a file needs it.
+            check_requested(info.identity, model=opts.model, preprocess=opts.preprocess)
+            if opts.weights:
+                check_weights(engine, opts.weights)
+
+        def get_embedder() -> Embedder:
+            nonlocal embedder
+            if embedder is None:
+                embedder = load_index_embedder(engine, opts.weights, opts.device)
+            return embedder
+
         with Session(engine) as s, s.begin():
             run = RunRow(paths=roots)
             s.add(run)
@@ -214,19 +232,20 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
             remove_unreferenced(paths.shards, current)
 
             skipped: dict[str, str] = {}
-            found = list(find_images(roots, exclude=[paths.root], on_skip=lambda p, r: skipped.__setitem__(str(p), r)))
-            todo, unchanged, gone = _plan(found, meta, roots)
-            if gone:
-                meta.commit([], deleted=gone)
+            plan = _plan(roots, paths.root, meta, skipped)
+            if plan.gone:
+                meta.commit([], deleted=plan.gone)
             opts = replace(opts, shard_size=info.shard_size)  # fixed when the index was created
             committer = Committer(paths, meta, opts.shard_size, opts.commit_every)
             t_embed = time.perf_counter()
-            same_bytes = _embed(todo, embedder, meta, committer, opts, skipped)
+            same_bytes = 0
+            if plan.todo:
+                same_bytes = _embed(plan, index_preprocess(info.identity), get_embedder, meta, committer, opts, skipped)
             embed_s = time.perf_counter() - t_embed
-            sync = sync_shards(paths, engine, meta, embedder.dim, forced=opts.index_type, flat_max=opts.flat_max,
-                               show_progress=opts.progress)
+            sync = sync_shards(paths, engine, meta, info.identity["dim"], forced=opts.index_type,
+                               flat_max=opts.flat_max, show_progress=opts.progress)
             summary = RunSummary(
-                indexed=committer.indexed, unchanged=len(unchanged) + same_bytes, removed=len(gone),
+                indexed=committer.indexed, unchanged=plan.unchanged + same_bytes, removed=len(plan.gone),
                 skipped=sorted((display_path(os.fsencode(p)), r) for p, r in skipped.items()), embed_s=embed_s, total=len(meta), sync=sync,
             )
             _record_skipped(engine, run_id, roots, skipped)

@@ -3,7 +3,9 @@
 Tables (all prefixed ``index_`` so other parts can add their own tables to the same file):
 ``index_info`` (one row: embedder identity, weights path, index type and parameters),
 ``index_shards`` (the current file of each Faiss shard), ``index_runs`` (one row per
-``dinoret index`` run) and ``index_skipped`` (files that could not be indexed, latest state).
+``dinoret index`` run), ``index_skipped`` (files that could not be indexed, latest state)
+and ``index_weights`` (the sha256 of weights files as last hashed, with their size and
+mtime, so that an unchanged weights file is not hashed again).
 The catalog is the source of truth for which shard files are current: a shard file is
 written under a new name first, and only the catalog commit makes it current.
 """
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import JSON, Engine, Float, Integer, LargeBinary, String, create_engine, event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -71,6 +74,14 @@ class SkippedRow(Base):
     run_id: Mapped[int] = mapped_column(Integer)
 
 
+class WeightsFileRow(Base):
+    __tablename__ = "index_weights"
+    path: Mapped[str] = mapped_column(String, primary_key=True)  # absolute
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (web UI) keep reading while a run writes
@@ -80,10 +91,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def open_catalog(path: Path, create: bool = False) -> Engine:
     """The catalog's engine. An index a reader may not write to (read-only media, a folder of
-    someone else's) is opened ``immutable``: SQLite cannot make the side files WAL mode needs
-    there, and nothing can change the file through such a mount anyway."""
-    if not create and Path(path).is_file() and not os.access(Path(path).parent, os.W_OK):
-        return create_engine(f"sqlite:///file:{Path(path).absolute()}?immutable=1&uri=true")
+    someone else's) is opened read-only: with ``mode=ro`` when WAL's side files are there to
+    read (recent commits may live in them), else ``immutable``, since SQLite cannot create
+    them there and nothing can change the file through such a mount anyway."""
+    path = Path(path)
+    if not create and path.is_file() and not os.access(path.parent, os.W_OK):
+        side_files = all(path.with_name(path.name + s).is_file() for s in ("-wal", "-shm"))
+        how = "mode=ro" if side_files else "immutable=1"
+        return create_engine(f"sqlite:///file:{path.absolute()}?{how}&uri=true")
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _sqlite_pragmas)
     if create:
@@ -93,12 +108,36 @@ def open_catalog(path: Path, create: bool = False) -> Engine:
 
 def catalog_read_only(engine: Engine) -> bool:
     """True for a catalog opened read-only by ``open_catalog``."""
-    return engine.url.query.get("immutable") == "1"
+    return engine.url.query.get("immutable") == "1" or engine.url.query.get("mode") == "ro"
 
 
 def read_info(engine: Engine) -> IndexInfo | None:
     with Session(engine, expire_on_commit=False) as s:
         return s.get(IndexInfo, 1)
+
+
+def recorded_sha256(engine: Engine, path: str, st: os.stat_result) -> str | None:
+    """The sha256 recorded for the weights file at ``path`` if its size and mtime are still
+    the ones recorded with it (the file was not rewritten since), else None."""
+    try:
+        with Session(engine) as s:
+            row = s.get(WeightsFileRow, path)
+    except OperationalError:  # an index made before this table existed, on read-only media
+        return None
+    if row is None or (row.size, row.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return None
+    return row.sha256
+
+
+def record_sha256(engine: Engine, path: str, st: os.stat_result, sha256: str) -> None:
+    """Remember the sha256 of the weights file at ``path`` as of ``st`` (best effort: an index
+    on read-only media just hashes again next time)."""
+    try:
+        WeightsFileRow.__table__.create(engine, checkfirst=True)
+        with Session(engine) as s, s.begin():
+            s.merge(WeightsFileRow(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha256))
+    except OperationalError:
+        pass
 
 
 def read_shards(engine: Engine) -> list[ShardRow]:

@@ -13,23 +13,27 @@ from pathlib import Path
 import lmdb
 from sqlalchemy.exc import DatabaseError
 
-from dinoret.core.errors import UserError
+from dinoret.core.errors import IndexUnavailable
 
 
 @contextlib.contextmanager
 def index_errors(root: Path) -> Iterator[None]:
-    """Re-raise SQLite and LMDB failures inside the block as a one-line ``UserError``."""
+    """Re-raise SQLite, LMDB and file-system failures inside the block as one-line
+    ``IndexUnavailable`` errors (the web UI answers them with a 503, not a 500)."""
     try:
         yield
     except DatabaseError as e:
-        raise UserError(f"cannot use the catalog of the index at {root} ({_first_line(e.orig or e)}): "
-                        "is it damaged? Rebuild it with `dinoret index` into a new --index DIR") from None
+        raise IndexUnavailable(f"cannot use the catalog of the index at {root} ({_first_line(e.orig or e)}): "
+                               f"is it damaged? {_REBUILD}") from None
     except lmdb.Error as e:
-        raise UserError(f"cannot use the metadata of the index at {root} ({_first_line(e)}): "
-                        "is it damaged? Rebuild it with `dinoret index` into a new --index DIR") from None
+        raise IndexUnavailable(f"cannot use the metadata of the index at {root} ({_first_line(e)}): "
+                               f"is it damaged? {_REBUILD}") from None
     except OSError as e:  # a full disk, a file where a folder belongs, a permission taken away
-        raise UserError(f"cannot use the index at {root}: {e.strerror or _first_line(e)}"
-                        + (f": {e.filename}" if e.filename else "")) from None
+        raise IndexUnavailable(f"cannot use the index at {root}: {e.strerror or _first_line(e)}"
+                               + (f": {e.filename}" if e.filename else "")) from None
+
+
+_REBUILD = "Rebuild it (`dinoret index` into a new index directory)"
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,12 +1,20 @@
-"""Reading one image file safely: every failure becomes a :class:`SkipFile` with a short reason."""
+"""Reading one image file safely: every failure becomes a :class:`SkipFile` with a short reason.
+
+The one decoder of dinoret: the indexer, queries, dedup reports and the web UI (uploads
+and thumbnails) all decode here, so a file that can be indexed can also be shown, and an
+upload is decoded exactly as an indexed file would be. Only the formats discovery sniffs
+are ever opened (PIL plugins such as EPS would run external programs).
+"""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # PIL raises it for some malformed headers
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +30,11 @@ _MAGIC: list[tuple[bytes, str]] = [
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 ]
+# Each sniffed format by the name of the PIL plugin that decodes it (PPM reads all of netpbm).
+PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP", "pnm": "PPM"}
+MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "bmp": "image/bmp", "tiff": "image/tiff",
+              "webp": "image/webp", "pnm": "image/x-portable-anymap"}
+HEAD_BYTES = 16  # what sniff_format needs
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -36,12 +49,20 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-class SkipFile(Exception):
-    """A file that is not indexed; ``reason`` is short and stable (it is counted and shown)."""
+def sniff_file(path: str | os.PathLike) -> str | None:
+    """The image format of the file at ``path`` from its first bytes, or None; OSError if unreadable."""
+    with open(path, "rb") as f:
+        return sniff_format(f.read(HEAD_BYTES))
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+
+class SkipFile(Exception):
+    """A file that is not indexed; ``reason`` is short and stable (it is counted and shown),
+    ``detail`` says more where that helps a person (``str(e)`` shows both)."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass
@@ -51,11 +72,11 @@ class Decoded:
     height: int
 
 
-def _reason_for_oserror(e: OSError, path: Path) -> str:
+def _reason_for_oserror(e: OSError, path: Path | None) -> str:
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     if e.errno == errno.ENOENT:
-        return "broken symlink" if path.is_symlink() else "file vanished"
+        return "broken symlink" if path is not None and path.is_symlink() else "file vanished"
     if e.errno == errno.ELOOP:
         return "symlink loop"
     msg = str(e).lower()
@@ -64,22 +85,45 @@ def _reason_for_oserror(e: OSError, path: Path) -> str:
     return f"unreadable: {str(e).splitlines()[0][:80]}"
 
 
-def open_image(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode ``path`` fully (so truncation is caught here, not later) into an RGB image.
+def read_file(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
+    """All bytes of ``path`` and its stat as of that read (one open): the indexer hashes and
+    decodes the same bytes, so each file is read once. Raises :class:`SkipFile`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        raise SkipFile(_reason_for_oserror(e, path)) from None
+    if not data:
+        raise SkipFile("empty file")
+    return data, st
+
+
+def open_image(source: str | os.PathLike | bytes | BinaryIO, draft_size: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode ``source`` (a path, the file's bytes, or a binary stream such as an upload) fully,
+    so truncation is caught here and not later, into an RGB image with EXIF orientation applied.
 
     ``draft_size``: JPEGs may be decoded at a reduced scale whose shorter side is still at
     least this many pixels (PIL ``draft``), which is several times faster for large photos.
+    ``max_pixels``: larger images are refused from their header, before decoding.
     """
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
+    path = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        source = read_file(path)[0]
+    if isinstance(source, bytes):
+        if not source:
             raise SkipFile("empty file")
+        source = io.BytesIO(source)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source, formats=list(PIL_FORMATS.values())) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise SkipFile("decompression bomb")
+                    raise SkipFile("decompression bomb", f"{w}x{h} pixels, more than the limit of {max_pixels:,}")
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
@@ -94,8 +138,8 @@ def open_image(path: str | os.PathLike, draft_size: int | None = None, max_pixel
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SkipFile("decompression bomb") from None
     except UnidentifiedImageError:
-        raise SkipFile("not an image") from None
+        raise SkipFile("not an image", f"accepted: {', '.join(PIL_FORMATS)}") from None
     except OSError as e:
         raise SkipFile(_reason_for_oserror(e, path)) from None
-    except (ValueError, SyntaxError, IndexError, struct_error, EOFError) as e:
+    except (ValueError, SyntaxError, IndexError, struct_error, EOFError, TypeError) as e:
         raise SkipFile(f"corrupt image: {type(e).__name__}") from None

@@ -13,12 +13,13 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from dinoret.indexer.decode import sniff_format
+from dinoret.indexer.decode import sniff_file
 
 # Only used to decide whether a file that does NOT sniff as an image is worth reporting.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 OnSkip = Callable[[Path, str], None]
+Unchanged = Callable[[Path, os.stat_result], bool]
 
 
 def _utf8_safe(name: str) -> bool:
@@ -46,15 +47,16 @@ def _looks_like_image_name(path: Path) -> bool:
 def _sniff(path: Path) -> tuple[str | None, str | None]:
     """(format, None) for an image, (None, reason) for a file that cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return sniff_format(f.read(16)), None
+        return sniff_file(path), None
     except OSError as e:
         return None, _stat_reason(e, path)
 
 
 class _Walker:
-    def __init__(self, exclude: Iterable[str | os.PathLike], on_skip: OnSkip | None) -> None:
+    def __init__(self, exclude: Iterable[str | os.PathLike], on_skip: OnSkip | None,
+                 unchanged: Unchanged | None = None) -> None:
         self.on_skip = on_skip or (lambda path, reason: None)
+        self.unchanged = unchanged
         self.excluded: set[tuple[int, int]] = set()
         for p in exclude:
             try:
@@ -69,6 +71,10 @@ class _Walker:
         key = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode) or key in self.seen_files:
             return  # FIFOs, sockets, devices (opening a FIFO would block), or already yielded
+        if self.unchanged is not None and self.unchanged(path, st):
+            self.seen_files.add(key)  # an image the index already holds, as it was: not opened
+            yield path
+            return
         fmt, reason = _sniff(path)
         named_like_image = _looks_like_image_name(path)
         if reason is not None:
@@ -124,6 +130,7 @@ def find_images(
     paths: Iterable[str | os.PathLike],
     exclude: Iterable[str | os.PathLike] = (),
     on_skip: OnSkip | None = None,
+    unchanged: Unchanged | None = None,
 ) -> Iterator[Path]:
     """Absolute paths of the image files under ``paths`` (files or folders, recursively).
 
@@ -132,7 +139,9 @@ def find_images(
     used are reported through ``on_skip(path, reason)``, never raised: unreadable folders,
     broken symlinks, symlink loops, non-UTF-8 names, and files named like images that are
     empty, unreadable or not images. Files with other names that are not images are ignored.
+    ``unchanged(path, stat)``: True for a file already known to be an image that has not
+    changed since (an index's record says so); it is yielded without being opened.
     """
-    walker = _Walker(exclude, on_skip)
+    walker = _Walker(exclude, on_skip, unchanged)
     for p in sorted(Path(os.path.abspath(p)) for p in paths):
         yield from walker.entry(p)

@@ -25,8 +25,11 @@ class Embedder:
 
     @classmethod
     def load(cls, name: str | None = None, weights: str | None = None, preprocess: Preprocess | None = None,
-             device: str | torch.device = "auto") -> "Embedder":
-        return cls(load_backbone(name, weights), preprocess, device)
+             device: str | torch.device = "auto", sha256: str | None = None) -> "Embedder":
+        """Load a backbone (see :func:`dinoret.core.weights.load_backbone`; ``sha256``: the weights
+        file's, when known). An existing index's embedder comes from
+        :func:`dinoret.indexer.index_embedder.load_index_embedder`, which checks it."""
+        return cls(load_backbone(name, weights, sha256=sha256), preprocess, device)
 
     @property
     def dim(self) -> int:

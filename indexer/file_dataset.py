@@ -1,13 +1,15 @@
 """Decoding files in DataLoader worker processes: path -> preprocessed tensor + facts about the file.
 
-Failures travel back as items with a ``reason`` instead of an exception, so one bad
-file never stops a batch; the collate groups tensors by shape (``whole`` preprocessing
-makes images of different shapes) and keeps the failures beside them.
+Each file is read once: its bytes are hashed, and decoded only if they are not the bytes
+already indexed for that path (a file whose mtime moved but whose content did not comes
+back ``unchanged``, undecoded). Failures travel back as items with a ``reason`` instead of
+an exception, so one bad file never stops a batch; the collate groups tensors by shape
+(``whole`` preprocessing makes images of different shapes) and keeps the failures and the
+unchanged files beside them.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -15,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dinoret.indexer.decode import SkipFile, open_image
+from dinoret.indexer.decode import SkipFile, open_image, read_file
 from dinoret.indexer.preprocess import Preprocess
 
 
@@ -29,6 +31,7 @@ class FileItem:
     width: int = 0
     height: int = 0
     reason: str | None = None  # why the file is skipped; None when it decoded
+    unchanged: bool = False  # same bytes as the known hash given for it: not decoded
     tensor: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -36,14 +39,12 @@ class FileItem:
 class Batch:
     groups: list[tuple[torch.Tensor, list[FileItem]]]  # one stacked tensor per input shape
     failed: list[FileItem]
+    unchanged: list[FileItem] = field(default_factory=list)
 
 
-def content_hash(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def content_hash(data: bytes) -> str:
+    """The content hash the index keys files by (BLAKE2b-128 of the bytes)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def pixel_hash(img: Image.Image) -> str:
@@ -54,16 +55,18 @@ def pixel_hash(img: Image.Image) -> str:
     return h.hexdigest()
 
 
-def load_file(path: str, preprocess: Preprocess) -> FileItem:
+def load_file(path: str, preprocess: Preprocess, known_hash: str | None = None) -> FileItem:
+    """Read ``path`` once; decode and preprocess it unless its content hash is ``known_hash``."""
     try:
-        st = os.stat(path)  # before reading: a later change shows up as a new mtime next run
-        item = FileItem(path, size=st.st_size, mtime=st.st_mtime)
-        decoded = open_image(path, draft_size=preprocess.draft_size())
-        item.content_hash = content_hash(path)
+        # The stat is taken when the file is opened: a change after it shows up as a new mtime next run.
+        data, st = read_file(path)
+        item = FileItem(path, size=st.st_size, mtime=st.st_mtime, content_hash=content_hash(data))
+        if item.content_hash == known_hash:
+            item.unchanged = True
+            return item
+        decoded = open_image(data, draft_size=preprocess.draft_size())
     except SkipFile as e:
         return FileItem(path, reason=e.reason)
-    except OSError as e:  # vanished or became unreadable between the walk and now
-        return FileItem(path, reason=f"unreadable: {e.strerror or e}")
     item.pixel_hash = pixel_hash(decoded.image)
     item.width, item.height = decoded.width, decoded.height
     item.tensor = preprocess(decoded.image)
@@ -71,41 +74,48 @@ def load_file(path: str, preprocess: Preprocess) -> FileItem:
 
 
 class FileDataset(Dataset):
-    def __init__(self, paths: list[str], preprocess: Preprocess) -> None:
+    """``known``: path -> content hash already indexed for it (files whose stat changed)."""
+
+    def __init__(self, paths: list[str], preprocess: Preprocess, known: dict[str, str] | None = None) -> None:
         self.paths = paths
         self.preprocess = preprocess
+        self.known = known or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> FileItem:
-        return load_file(self.paths[i], self.preprocess)
+        return load_file(self.paths[i], self.preprocess, self.known.get(self.paths[i]))
 
 
 def collate(items: list[FileItem]) -> Batch:
     by_shape: dict[tuple, list[FileItem]] = defaultdict(list)
-    failed = []
+    failed, unchanged = [], []
     for it in items:
-        if it.reason is None:
-            by_shape[tuple(it.tensor.shape)].append(it)
-        else:
+        if it.reason is not None:
             failed.append(it)
+        elif it.unchanged:
+            unchanged.append(it)
+        else:
+            by_shape[tuple(it.tensor.shape)].append(it)
     groups = []
     for members in by_shape.values():
         tensor = torch.stack([m.tensor for m in members])
         for m in members:
             m.tensor = None  # sent once, stacked
         groups.append((tensor, members))
-    return Batch(groups, failed)
+    return Batch(groups, failed, unchanged)
 
 
 def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the model for cores
 
 
-def file_loader(paths: list[str], preprocess: Preprocess, batch_size: int, workers: int) -> DataLoader:
+def file_loader(paths: list[str], preprocess: Preprocess, batch_size: int, workers: int,
+                known: dict[str, str] | None = None) -> DataLoader:
+    """Batches of decoded, preprocessed files (see :class:`Batch`), decoded in ``workers`` processes."""
     return DataLoader(
-        FileDataset(paths, preprocess),
+        FileDataset(paths, preprocess, known),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,

@@ -1,17 +1,22 @@
-"""Where things live in an index directory, and the one way files are written there.
+"""Where things live in an index directory.
 
-Every file that readers depend on is written to a temporary name, flushed to disk and
-renamed over its final name, so a crash leaves either the old file or the new one.
+Every file that readers depend on is written through :func:`dinoret.core.files.atomic_path`
+(a temporary name, flushed to disk, renamed over the final name), so a crash leaves either
+the old file or the new one.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-TMP_SUFFIX = ".tmp"
+DEFAULT_INDEX_DIR = ".dinoret"
+INDEX_DIR_ENV = "DINORET_INDEX"
+
+
+def default_index_dir() -> str:
+    """The index directory when none is named: ``$DINORET_INDEX``, else ``./.dinoret``."""
+    return os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR
 
 
 @dataclass(frozen=True)
@@ -44,22 +49,6 @@ class IndexPaths:
 
     def exists(self) -> bool:
         return self.catalog.is_file() and self.meta.is_dir()
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a temporary path to write; on success it is fsynced and renamed to ``path``."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def disk_usage(root: Path) -> int:

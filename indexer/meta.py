@@ -32,6 +32,14 @@ _DBS = ("records", "paths", "hashes", "tombstones", "counters")
 
 @dataclass
 class Record:
+    """What the index knows of one image file (``Index.record(id)``).
+
+    >>> idx = dinoret.open(".dinoret")
+    >>> rec = idx.record(idx.ids()[0])
+    >>> rec.width > 0 and rec.height > 0 and len(rec.content_hash) == 32
+    True
+    """
+
     id: int
     path: str  # absolute
     size: int
@@ -146,6 +154,13 @@ class MetaStore:
                 v = txn.get(k)
                 out.append(None if v is None else _decode(k, v))
             return out
+
+    def record_for_path(self, path: str) -> Record | None:
+        """The live record of ``path``, if any (one read transaction)."""
+        with self.env.begin() as txn:
+            k = txn.get(path_key(path), db=self.db["paths"])
+            v = None if k is None else txn.get(k, db=self.db["records"])
+            return None if v is None else _decode(k, v)
 
     def live_mask(self, ids: np.ndarray) -> np.ndarray:
         """True where the id is live (a record exists)."""

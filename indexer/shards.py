@@ -10,12 +10,22 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
-from dinoret.core.errors import UserError
-from dinoret.indexer.layout import atomic_path
+from dinoret.core.errors import IndexUnavailable
+from dinoret.core.files import atomic_path
+
+if TYPE_CHECKING:
+    import faiss
+
+
+def _faiss():
+    """Faiss, imported on first use: an index run with no shard file to write never needs it."""
+    import faiss
+
+    return faiss
 
 
 def new_file_name(prefix: str) -> str:
@@ -25,6 +35,7 @@ def new_file_name(prefix: str) -> str:
 
 def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
     """An empty, trained IVF-PQ index (the template all shards are copied from)."""
+    faiss = _faiss()
     index = faiss.index_factory(dim, spec["factory"], faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     if hasattr(ivf, "do_polysemous_training"):
@@ -34,6 +45,7 @@ def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
 
 
 def empty_shard(spec: dict, dim: int, template: faiss.Index | None) -> faiss.Index:
+    faiss = _faiss()
     if spec["type"] == "flat":
         return faiss.index_factory(dim, spec["factory"], faiss.METRIC_INNER_PRODUCT)
     if template is None:
@@ -52,19 +64,21 @@ def remove_ids(index: faiss.Index, ids) -> int:
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
+    faiss = _faiss()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
 
 
 def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
+    faiss = _faiss()
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:  # Faiss reports a damaged or truncated file this way
         found = re.search(r"\.cpp:\d+: (.+)", str(e))
         reason = (found.group(1) if found else str(e).strip() or "unreadable")[:160]
-        raise UserError(f"the shard file {path} is damaged ({reason}): rebuild the index with `dinoret index` "
-                        "into a new --index DIR") from None
+        raise IndexUnavailable(f"the shard file {path} is damaged ({reason}): rebuild the index "
+                               "(`dinoret index` into a new index directory)") from None
     if spec and spec.get("type") == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
     return index

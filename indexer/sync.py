@@ -16,9 +16,10 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from dinoret.core.files import TMP_SUFFIX
 from dinoret.indexer.catalog import IndexInfo, ShardRow, read_info, read_shards
 from dinoret.indexer.index_type import FLAT_MAX, choose_index
-from dinoret.indexer.layout import TMP_SUFFIX, IndexPaths
+from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore
 from dinoret.indexer.shards import add_vectors, empty_shard, new_file_name, read_index, remove_ids, train_template, write_index
 from dinoret.indexer.vectors import VectorStore

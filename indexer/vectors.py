@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoret.indexer.layout import TMP_SUFFIX, atomic_path
+from dinoret.core.files import TMP_SUFFIX, atomic_path
 
 _CHUNK = re.compile(r"^vec-(\d{12})\.npy$")
 

@@ -35,7 +35,7 @@ def writer_lock(path: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise UserError(f"another `dinoret index` is writing to {path.parent}"
+                    raise UserError(f"another index run is writing to {path.parent}"
                                     f"{_holder_note(path)}; wait for it to finish") from None
                 time.sleep(0.05)
         f.seek(0)

@@ -1,1 +1,1 @@
-"""Everything that reads an index: search, re-ranking, duplicates, curation, reports."""
+"""Everything that reads an index: search, re-ranking, duplicates, reports."""

@@ -21,7 +21,7 @@ from dinoret.retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keepe
 from dinoret.retrieval.knn_graph import choose_method, knn_edges
 from dinoret.retrieval.reports import apply_reviews, load_reviews
 from dinoret.core.devices import resolve_device
-from dinoret.core.errors import UserError
+from dinoret.core.errors import NotFound, UserError
 
 # The best mean F1 over the three image sets of benchmarks/dedup_quality.py for the only
 # trained backbone measurable offline (a small ViT trained by benchmarks/train_eval.py), default
@@ -74,7 +74,7 @@ def _folder_items(reader, paths: Sequence[str | os.PathLike], device: str, weigh
     emb = reader.embedder(device=device, weights=weights)
     workers = min(4, (os.cpu_count() or 2) // 2) if len(paths) > 64 else 0
     items, vecs, skipped = [], [], []
-    with tqdm(total=len(paths), desc="embedding --against", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(paths), desc="embedding the other set", unit="img", disable=not progress) as bar:
         for batch in file_loader([str(p) for p in paths], emb.preprocess, batch_size=32, workers=workers):
             skipped += [(f.path, f.reason) for f in batch.failed]
             for tensor, members in batch.groups:
@@ -142,7 +142,7 @@ def _open_against(reader, against, device: str, weights: str | None, progress: b
 
         problem = identity_mismatch(reader.identity, against.identity)
         if problem:
-            raise UserError(f"--against index {against.root} is not comparable: {problem}")
+            raise UserError(f"the other index {against.root} is not comparable: {problem}", param="against")
         items = _index_items(against)
         # Its ids number another index's images: in this index's report (and the web UI, which
         # serves images by id) they would name the wrong files, so external items carry none.
@@ -173,9 +173,9 @@ def find_duplicates(
     "not duplicates" are left out; keepers a reviewer chose stay keepers.
     """
     if keep not in KEEP_POLICIES:
-        raise UserError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, not {keep!r}")
+        raise UserError(f"the keeper policy must be one of {', '.join(KEEP_POLICIES)}, not {keep!r}", param="keep")
     if not -1.0 <= threshold <= 1.0:
-        raise UserError(f"--threshold is a cosine similarity in [-1, 1], not {threshold}")
+        raise UserError(f"the threshold is a cosine similarity in [-1, 1], not {threshold}", param="threshold")
     t0 = time.perf_counter()
     items = _index_items(reader)
     dev = resolve_device(device)
@@ -216,18 +216,19 @@ def find_duplicates(
 
 
 def against_source(path: str | os.PathLike) -> tuple[object, str]:
-    """What ``--against PATH`` names: an index directory (opened) or a folder/file of images
-    (their paths, found by content). Returns (index reader or path list, label)."""
+    """What ``path`` (the other set of a dedup against it) names: an index directory (opened)
+    or a folder/file of images (their paths, found by content). Returns (index reader or path
+    list, label)."""
     from dinoret.indexer.discover import find_images
     from dinoret.indexer.layout import IndexPaths
     from dinoret.retrieval.index import open_index
 
     p = Path(path)
     if not p.exists():
-        raise UserError(f"--against {path}: no such file or folder")
+        raise NotFound(f"{path}: no such file or folder", param="against")
     if IndexPaths.of(p).exists():
         return open_index(p), f"index:{p.resolve()}"
     paths = list(find_images([p]))
     if not paths:
-        raise UserError(f"--against {path}: no images there (and not an index directory)")
+        raise UserError(f"{path}: no images there (and not an index directory)", param="against")
     return paths, str(p.resolve())

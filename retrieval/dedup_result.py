@@ -10,6 +10,13 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Member:
+    """One image of a duplicate :class:`Group`: the keeper (``is_keeper``) or a copy of it.
+
+    >>> groups = dinoret.open(".dinoret").dedup(threshold=0.95, progress=False)
+    >>> all(m.score == 1.0 for g in groups for m in g.members if m.is_keeper and not m.external)
+    True
+    """
+
     id: int | None  # index id; None for an item of the --against set that is not in this index
     path: str
     is_keeper: bool
@@ -23,6 +30,14 @@ class Member:
 
 @dataclass
 class Group:
+    """A duplicate group: its number, the keeper's id, the members (the keeper first) and a
+    reviewer's verdict (``reviewed``).
+
+    >>> groups = dinoret.open(".dinoret").dedup(threshold=0.95, progress=False)
+    >>> all(g.keeper == g.members[0].id and len(g.members) >= 2 for g in groups)
+    True
+    """
+
     group: int
     keeper: int | None  # id of the keeper (None when the keeper is an external --against item)
     members: list[Member]

@@ -14,27 +14,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dinoret.core.errors import IndexUnavailable, NotFound, UserError
 from dinoret.indexer.catalog import (
     catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
 )
 from dinoret.indexer.damaged import index_errors
-from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.shards import merge_topk, read_index, search_shards
 from dinoret.indexer.vectors import VectorStore
 from dinoret.indexer.writer_lock import lock_is_held
-from dinoret.core.errors import UserError
 
 __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
 MAX_TOMBSTONE_SLACK = 1000
 _RERANK_BATCH = 256  # queries re-ranked at once (bounds memory: batch x candidates x dim floats)
+NO_SUCH_FILE = "no such file"
 _EXACT_BLOCK = 65_536  # stored vectors scored at once for images not in a shard yet
 
 
 @dataclass
 class Hit:
+    """One search result: the indexed image ``id`` at ``path``, its cosine ``score`` to the
+    query and its ``rank`` (1 = most similar).
+
+    >>> hit = dinoret.open(".dinoret").search("query.jpg", k=1)[0]
+    >>> hit.rank, isinstance(hit.id, int), isinstance(hit.score, float)
+    (1, True, True)
+    """
+
     rank: int  # 1-based
     id: int
     path: str
@@ -44,7 +52,7 @@ class Hit:
 def open_index(index_dir: str | Path) -> "IndexReader":
     paths = IndexPaths.of(index_dir)
     if not paths.exists():
-        raise UserError(f"no index at {paths.root}: build one with `dinoret index PATH --index {index_dir}`")
+        raise NotFound(f"no index at {paths.root}: build one with `dinoret index PATH`", param="index_dir")
     with index_errors(paths.root):
         return IndexReader(paths)
 
@@ -64,7 +72,7 @@ class IndexReader:
         self.engine = open_catalog(paths.catalog)
         info = read_info(self.engine)
         if info is None:
-            raise UserError(f"index at {self.root} was never completed: run `dinoret index` on it again")
+            raise IndexUnavailable(f"index at {self.root} was never completed: run `dinoret index` on it again")
         self.identity: dict = info.identity
         self.weights_path: str = info.weights_path
         self.meta = MetaStore(paths.meta, readonly=True)
@@ -85,8 +93,8 @@ class IndexReader:
         try:
             return self.store.get(ids)
         except KeyError as e:  # a chunk file of vectors/ was deleted behind the index's back
-            raise UserError(f"the index at {self.root} is damaged: {e.args[0]}; rebuild it with `dinoret index` "
-                            "into a new --index DIR") from None
+            raise IndexUnavailable(f"the index at {self.root} is damaged: {e.args[0]}; rebuild it "
+                                   "(`dinoret index` into a new index directory)") from None
 
     def record(self, id: int) -> Record | None:
         return self.meta.get(id)
@@ -126,7 +134,7 @@ class IndexReader:
             files = [self._paths.shards / row.file for row in rows]
             if all(f.is_file() for f in files):
                 return spec, [read_index(f, spec) for f in files], self._pending(rows)
-        raise UserError(f"shard files of {self.root} are missing: run `dinoret index` on it again")
+        raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def _pending(self, rows) -> np.ndarray:
         # Every shard is synced up to the same id; a run cut short (kill -9) between its vector
@@ -186,21 +194,11 @@ class IndexReader:
         return out
 
     def embedder(self, device: str = "auto", weights: str | None = None):
-        """The collection's embedder: same model, weights (sha256 checked) and preprocessing."""
-        from dinoret.indexer.embed import Embedder
-        from dinoret.indexer.preprocess import Preprocess
+        """The collection's embedder: same model, weights (sha256 checked) and preprocessing
+        (:func:`dinoret.indexer.index_embedder.load_index_embedder`)."""
+        from dinoret.indexer.index_embedder import load_index_embedder
 
-        path = Path(weights or self.weights_path)
-        if not path.is_file():
-            raise UserError(
-                f"the weights this index was built with are not at {path}: pass --weights FILE "
-                f"(the {self.identity['model']} file with sha256 {self.identity['weights_sha256'][:12]}…)"
-            )
-        emb = Embedder.load(None, str(path), Preprocess.from_dict(self.identity["preprocess"]), device)
-        problem = identity_mismatch(self.identity, emb.identity())
-        if problem:
-            raise UserError(f"{path} does not match the index: {problem}")
-        return emb
+        return load_index_embedder(self.engine, weights=weights, device=device)
 
     def configure_embedder(self, device: str = "auto", weights: str | None = None) -> None:
         """Choose the device (and weights file) that ``search_images`` embeds queries with."""
@@ -223,7 +221,7 @@ class IndexReader:
         out: list[Image.Image | str] = []
         for p in paths:
             if not os.path.lexists(p):
-                out.append("no such file")
+                out.append(NO_SUCH_FILE)
             elif os.path.isdir(p):
                 out.append("a folder, not an image file")
             else:
@@ -243,19 +241,33 @@ class IndexReader:
                 continue
             opened = self.open_query_images([img])[0]
             if isinstance(opened, str):
-                raise UserError(f"cannot read query image {img}: {opened}")
+                kind = NotFound if opened == NO_SUCH_FILE else UserError
+                raise kind(f"cannot read query image {img}: {opened}")
             pil.append(opened)
         return emb.embed_images(pil)
 
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
+        """The ``k`` best hits for each query image (a path or a PIL image)."""
         if not images:
             return []
-        scores, ids = self.search(self.embed_images(images), k=k, rerank=rerank)
+        return self.hits(*self.search(self.embed_images(images), k=k, rerank=rerank))
+
+    def search_by_id(self, image_id: int, k: int = 10, rerank: bool = True) -> list[Hit]:
+        """The ``k`` indexed images most like indexed image ``image_id``, leaving out the image itself."""
+        scores, ids = self.search(self.vectors(np.array([image_id], dtype=np.int64)), k=k + 1, rerank=rerank)
+        return self.hits(scores, ids, k, leave_out=[image_id])[0]
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None,
+             leave_out: list[int | None] | None = None) -> list[list[Hit]]:
+        """``search``'s (scores, ids) as :class:`Hit` lists: padding and ids deleted meanwhile
+        dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row.
+        The one place hit records are built (CLI, web UI and Python API)."""
         live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
         out = []
-        for row_s, row_i in zip(scores, ids):
-            hits = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live]
-            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(hits, 1)])
+        for row, (row_s, row_i) in enumerate(zip(scores, ids)):
+            skip = leave_out[row] if leave_out is not None else None
+            found = [(i, s) for i, s in zip(row_i.tolist(), row_s.tolist()) if i in live and i != skip][:k]
+            out.append([Hit(rank=r, id=i, path=live[i].path, score=float(s)) for r, (i, s) in enumerate(found, 1)])
         return out
 
     # --- about the index ------------------------------------------------------

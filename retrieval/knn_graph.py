@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from dinoret.core.devices import resolve_device
+from dinoret.indexer.index_type import choose_nlist
 
 # Above this many (query x database) pairs on a CPU, Faiss IVF is clearly faster than the
 # exact blocked matmul: on 2 cores they cross near 10k x 10k (1.7 s vs 1.4 s) and Faiss is
@@ -108,17 +109,11 @@ def _exact(x, y, k, threshold, self_graph, device, progress) -> Edges:
     return _concat(parts)
 
 
-def ivf_lists(n: int) -> int:
-    """IVF list count for ``n`` vectors: about 4 sqrt(n), the usual Faiss rule of thumb, with
-    at least the 39 training points per list k-means asks for."""
-    return max(1, min(65536, int(4 * math.sqrt(n)), n // 39))
-
-
 def _faiss(x, y, k, threshold, self_graph, nprobe, progress) -> Edges:
     import faiss
 
     d = y.shape[1]
-    nlist = ivf_lists(len(y))
+    nlist = choose_nlist(len(y))  # the index's own rule: about 4 sqrt(N), >= 39 points per list
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     # 50 points per centroid is enough for a coarse quantizer; more only costs time.
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dinoret.core.errors import UserError
-from dinoret.core.weights import file_sha256
+from dinoret.core.files import atomic_write, file_sha256
 
 MANIFEST_KIND = "dinoret-dedup-moves"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -35,7 +35,7 @@ def plan_moves(paths: Sequence[str], dest: str | os.PathLike, root: str | os.Pat
     root = os.path.abspath(root) if root else os.path.commonpath([os.path.dirname(p) for p in paths])
     dest = Path(dest).absolute()
     if dest == Path(root):
-        raise UserError(f"--move-to {dest} is the folder the files are in: choose another one")
+        raise UserError(f"{dest} is the folder the files are in: move them to another one", param="move_to")
     return [(p, str(dest / os.path.relpath(p, root))) for p in paths]
 
 
@@ -69,9 +69,7 @@ def _move_no_overwrite(src: str, dst: str, follow_symlinks: bool = True) -> None
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(manifest, indent=1))
 
 
 def _new_manifest_path(dest: Path) -> Path:

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from dinoret.indexer.decode import SkipFile, open_image
 from dinoret.core.errors import UserError
+from dinoret.core.files import atomic_write
+from dinoret.core.units import human_size
 
 FORMATS = ("html", "json", "csv")
 CSV_COLUMNS = ("group", "id", "path", "is_keeper", "score", "reason", "width", "height", "size", "external")
@@ -34,20 +36,13 @@ def report_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The format asked for, else the one the file name says."""
     if fmt:
         if fmt not in FORMATS:
-            raise UserError(f"unknown report format {fmt!r}: use html, json or csv")
+            raise UserError(f"unknown report format {fmt!r}: use html, json or csv", param="fmt")
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise UserError(f"cannot tell the report format from {Path(path).name!r}: add --format html|json|csv")
+        raise UserError(f"cannot tell the report format from {Path(path).name!r}: name the format (html, json or csv)",
+                        param="fmt")
     return _SUFFIXES[suffix]
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def thumbnail_data_uri(path: str | os.PathLike, size: int = 160, quality: int = 70) -> str | None:
@@ -107,8 +102,4 @@ def write_report(report: dict, path: str | os.PathLike, fmt: str | None = None, 
         text = render_csv(report)
     else:
         text = render_json(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)

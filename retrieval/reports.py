@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from dinoret.indexer.catalog import catalog_read_only
 from dinoret.retrieval.dedup_result import DedupResult, Group
-from dinoret.core.errors import UserError
+from dinoret.core.errors import NotFound, UserError
 
 VERDICTS = ("not_duplicates", None)
 
@@ -120,7 +120,7 @@ def add_report_files(engine: Engine, report_id: int, files: Iterable[str]) -> No
     with Session(engine) as s, s.begin():
         rep = s.get(DedupReport, report_id)
         if rep is None:
-            raise UserError(f"no dedup report {report_id}")
+            raise NotFound(f"no dedup report {report_id}")
         rep.files = [*rep.files, *(str(f) for f in files)]
 
 
@@ -152,11 +152,11 @@ def load_report(engine: Engine, report_id: int) -> dict:
     the group's ``scored_against`` (it differs from ``keeper`` after a reviewer's choice).
     """
     if not _ensure_tables(engine):
-        raise UserError(f"no dedup report {report_id}")
+        raise NotFound(f"no dedup report {report_id}")
     with Session(engine) as s:
         rep = s.get(DedupReport, report_id)
         if rep is None:
-            raise UserError(f"no dedup report {report_id}")
+            raise NotFound(f"no dedup report {report_id}")
         rows = s.scalars(select(DedupMember).where(DedupMember.report_id == report_id).order_by(DedupMember.row)).all()
         out = _summary(rep)
         out["stats"] = rep.stats

@@ -13,7 +13,7 @@ import pytest
 
 from dinoret.indexer import sync as sync_module
 from dinoret.indexer.build import BuildOptions, build_index
-from dinoret.indexer.layout import TMP_SUFFIX
+from dinoret.core.files import TMP_SUFFIX
 from dinoret.indexer.meta import MetaStore
 from dinoret.indexer.shards import read_index
 from dinoret.indexer.vectors import list_chunks

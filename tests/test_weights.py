@@ -32,9 +32,33 @@ def test_official_names() -> None:
 
 def test_no_weights_offline_is_a_user_error(monkeypatch) -> None:
     monkeypatch.setenv("DINORET_OFFLINE", "1")
-    with pytest.raises(UserError, match="no weights for dinov2_vits14.*--weights") as e:
+    with pytest.raises(UserError, match="no weights for dinov2_vits14") as e:
         load_backbone("dinov2_vits14")
-    assert e.value.exit_code == 2
+    assert e.value.exit_code == 2 and e.value.params == ("weights",)
+    message = str(e.value)
+    # It says where to put the file (the torch hub cache) and where to get it, and names no CLI flag.
+    assert str(hub_cache_path("dinov2_vits14")) in message and official_url("dinov2_vits14") in message
+    assert "--" not in message
+
+
+def test_new_user_line_offline_says_where_to_put_the_weights_then_works(tmp_path, monkeypatch, vits14_weights) -> None:
+    """`dinoret index ./photos` with nothing else: offline it names the hub cache path in one
+    line; with the official file placed there it indexes."""
+    from tests.conftest import make_image
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        make_image(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    r = CliRunner().invoke(main, ["index", "./photos", "-q", "--workers", "0"])
+    cached = hub_cache_path("dinov2_vits14")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: no weights for dinov2_vits14") and f"put it at {cached}" in r.output
+    assert r.output.rstrip().endswith("(see --weights)")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(vits14_weights.read_bytes())
+    r = CliRunner().invoke(main, ["index", "./photos", "-q", "--workers", "0"])
+    assert r.exit_code == 0 and "indexed 2" in r.output, r.output
+    assert (tmp_path / ".dinoret" / "catalog.db").is_file()
 
 
 def test_unknown_model_and_missing_file() -> None:

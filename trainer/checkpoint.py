@@ -24,9 +24,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from dinoret.trainer.distributed import DistContext, all_gather_object
 from dinoret.core.errors import UserError
-from dinoret.trainer.export import atomic_save, export_teacher_backbone
+from dinoret.core.files import atomic_path
+from dinoret.trainer.distributed import DistContext, all_gather_object
+from dinoret.trainer.export import export_teacher_backbone
 
 log = logging.getLogger("dinoret.train")
 
@@ -93,7 +94,8 @@ def save(output_dir: Path, meta, optimizer: torch.optim.Optimizer, iteration: in
         "rng": rng,
     }
     path = checkpoint_path(output_dir, iteration)
-    atomic_save(state, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     export_teacher_backbone(teacher, Path(output_dir) / "teacher_backbone.pth")
     for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)

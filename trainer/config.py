@@ -179,7 +179,7 @@ def parse_override(text: str) -> dict:
     """``"optim.base_lr=1e-3"`` -> ``{"optim": {"base_lr": 0.001}}`` (the value is read as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set expects key=value, got {text!r}")
+        raise UserError(f"a config override is key=value, got {text!r}", param="sets")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -7,35 +7,17 @@ the start of a run, an architecture that would not be read back as trained.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from dinoret.core.errors import UserError
+from dinoret.core.files import atomic_path
 from dinoret.core.models import BackboneConfig, DinoVisionTransformer
 
 # What decides how a loaded backbone computes (init values and drop path do not).
 _COMPARED = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size", "ffn_layer",
              "num_register_tokens", "interpolate_antialias", "interpolate_offset")
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(file)`` into a temporary name in the same folder, flush to disk, then rename:
-    a crash leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save(obj: object, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def backbone_state(teacher_state: dict) -> dict:
@@ -44,7 +26,9 @@ def backbone_state(teacher_state: dict) -> dict:
 
 
 def export_teacher_backbone(teacher_state: dict, path: str | Path) -> None:
-    atomic_save(backbone_state(teacher_state), path)
+    """Write the teacher's backbone (a crash leaves the previous file or this one)."""
+    with atomic_path(path) as tmp:
+        torch.save(backbone_state(teacher_state), tmp)
 
 
 def check_exportable(cfg: BackboneConfig) -> str:

@@ -25,12 +25,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dinoret.core.devices import autocast as device_autocast
+from dinoret.core.errors import UserError
+from dinoret.core.files import atomic_write
 from dinoret.trainer import checkpoint, distributed
 from dinoret.trainer.config import make_config, scaled_lr, to_yaml, total_iterations
 from dinoret.trainer.data import LoadImage, SSLBatches
-from dinoret.core.devices import autocast as device_autocast
-from dinoret.core.errors import UserError
-from dinoret.trainer.export import atomic_write, check_exportable
+from dinoret.trainer.export import check_exportable
 from dinoret.trainer.optim import apply_schedules, build_optimizer
 from dinoret.trainer.schedules import build_schedules
 from dinoret.trainer.ssl import SSLMetaArch, backbone_config
@@ -98,8 +99,7 @@ def _prepare_output(output_dir: Path, resume: bool) -> dict | None:
     if existing:
         raise UserError(
             f"{output_dir} already holds a training run ({existing[-1][1].name}): "
-            "pass --resume to continue it, or choose another --output"
-        )
+            "resume it, or choose another output folder", param=("resume", "output"))
     return None
 
 
@@ -143,9 +143,9 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
     total = total_iterations(cfg)
     start = state["iteration"] if state else 0
     if ctx.is_main and state is None:
-        atomic_write(output_dir / "files.json", lambda f: f.write(json.dumps(files).encode("utf-8", "surrogateescape")))
+        atomic_write(output_dir / "files.json", json.dumps(files).encode("utf-8", "surrogateescape"))
     if ctx.is_main and (state is None or cfg != state["config"]):  # --set on --resume changes the run's config
-        atomic_write(output_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+        atomic_write(output_dir / "config.yaml", to_yaml(cfg))
 
     name = check_exportable(backbone_config(cfg))
     _seed_everything(t_cfg["seed"])  # the same initial weights on every rank

@@ -61,7 +61,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     Raises ``UserError`` if there is no index there.
     """
     from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.report_files import human_size
+    from dinoret.core.units import human_size
     from dinoret.webui import api, errors, pages, queries, security
 
     app = Flask(__name__)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import io
 
 from flask import Blueprint, abort, current_app, jsonify, request, send_file, url_for
-from PIL import Image
 
+from dinoret.indexer.decode import MIME_TYPES, SkipFile
 from dinoret.retrieval import reports
-from dinoret.core.errors import UserError
 from dinoret.webui import queries
 from dinoret.webui.imaging import image_format
 from dinoret.webui.openapi import openapi_document
@@ -63,8 +62,8 @@ def image_thumbnail(image_id: int):
         abort(400, description=f"size must be one of {', '.join(map(str, sizes))}")
     try:
         thumb = thumbnail(current_app.config["THUMB_DIR"], record, size, current_app.config["MAX_IMAGE_PIXELS"])
-    except FileNotFoundError:
-        abort(404, description=f"image {image_id} is no longer on disk")
+    except SkipFile as e:  # the indexed file is gone or changed on disk: not the request's fault
+        abort(404, description=f"image {image_id} is no longer on disk as a readable image ({e})")
     return send_file(io.BytesIO(thumb) if isinstance(thumb, bytes) else thumb, mimetype="image/jpeg", max_age=86400)
 
 
@@ -74,7 +73,7 @@ def image_file(image_id: int):
     fmt = image_format(record.path)
     if fmt is None:
         abort(404, description=f"image {image_id} is no longer on disk as a readable image")
-    return send_file(record.path, mimetype=Image.MIME[fmt], max_age=3600, conditional=True)
+    return send_file(record.path, mimetype=MIME_TYPES[fmt], max_age=3600, conditional=True)
 
 
 @bp.get("/stats")
@@ -89,10 +88,7 @@ def dedup_reports():
 
 @bp.get("/dedup/reports/<int:report_id>")
 def dedup_report(report_id: int):
-    try:
-        return jsonify(reports.load_report(queries.reader().engine, report_id))
-    except UserError:
-        abort(404, description=f"no dedup report {report_id}")
+    return jsonify(reports.load_report(queries.reader().engine, report_id))  # NotFound: a 404
 
 
 @bp.get("/openapi.json")

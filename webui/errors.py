@@ -7,8 +7,9 @@ from flask import Flask, jsonify, render_template, request
 from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from dinoret.core.errors import UserError
-from dinoret.webui.imaging import BadImage
+from dinoret.core.errors import IndexUnavailable, NotFound, UserError
+from dinoret.core.units import human_size
+from dinoret.indexer.decode import SkipFile
 
 log = logging.getLogger("dinoret.webui")
 
@@ -29,16 +30,24 @@ def _http_error(e: HTTPException):
         return _respond(401, e.name, "a bearer token is required", {"WWW-Authenticate": 'Bearer realm="dinoret"'})
     if e.code == 413:
         limit = request.max_content_length or 0
-        return _respond(413, e.name, f"upload larger than the limit of {limit / 2**20:g} MiB")
+        return _respond(413, e.name, f"upload larger than the limit of {human_size(limit)}")
     headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
     return _respond(e.code or 500, e.name, e.description or e.name, headers)
 
 
-def _bad_image(e: BadImage):
-    return _respond(400, "Bad image", e.reason)
+def _bad_image(e: SkipFile):
+    # Only uploads reach this: views that decode stored files turn SkipFile into a 404 themselves.
+    return _respond(400, "Bad image", str(e))
 
 
 def _user_error(e: UserError):
+    """The kind of error decides the status: the request named something that does not exist
+    (404), the index on disk cannot answer (503: not the client's fault), else a bad request."""
+    if isinstance(e, NotFound):
+        return _respond(404, "Not found", str(e))
+    if isinstance(e, IndexUnavailable):
+        log.error("index unavailable while serving %s %s: %s", request.method, request.path, e)
+        return _respond(503, "Index unavailable", str(e))
     return _respond(400, "Bad request", str(e))
 
 
@@ -49,6 +58,6 @@ def _unexpected(e: Exception):
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(BadImage, _bad_image)
+    app.register_error_handler(SkipFile, _bad_image)
     app.register_error_handler(UserError, _user_error)
     app.register_error_handler(Exception, _unexpected)

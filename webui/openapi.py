@@ -5,6 +5,7 @@ Kept as data beside the routes; tests check that every ``/api`` route is describ
 from __future__ import annotations
 
 from dinoret import __version__
+from dinoret.core.units import human_size
 
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JSON = "application/json"
@@ -139,7 +140,6 @@ _SCHEMAS = {
 def openapi_document(config: dict) -> dict:
     """The document for an app with this config (limits and sizes are the configured ones)."""
     sizes = list(config["THUMB_SIZES"])
-    max_mb = config["MAX_CONTENT_LENGTH"] / 2**20
     return {
         "openapi": "3.1.0",
         "info": {
@@ -161,7 +161,7 @@ def openapi_document(config: dict) -> dict:
                 "post": {
                     "summary": "The k indexed images most like an uploaded image or an indexed one",
                     "description": (
-                        f"Uploads are limited to {max_mb:g} MiB and {config['MAX_UPLOAD_PIXELS']:,} pixels. "
+                        f"Uploads are limited to {human_size(config['MAX_CONTENT_LENGTH'])} and {config['MAX_UPLOAD_PIXELS']:,} pixels. "
                         "A search by id leaves the query image itself out of the results."
                     ),
                     "requestBody": {

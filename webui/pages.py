@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from dinoret.retrieval import reports
-from dinoret.core.errors import UserError
 from dinoret.webui import queries, security
 from dinoret.webui.imaging import BROWSER_FORMATS, image_format, to_jpeg
 
@@ -58,10 +57,7 @@ def duplicates():
 
 
 def _load_report(report_id: int) -> dict:
-    try:
-        return reports.load_report(queries.reader().engine, report_id)
-    except UserError:
-        abort(404, description=f"no dedup report {report_id}")
+    return reports.load_report(queries.reader().engine, report_id)  # NotFound: a 404
 
 
 @bp.get("/duplicates/<int:report_id>")

@@ -11,12 +11,11 @@ import re
 import threading
 from dataclasses import asdict
 
-import numpy as np
 from flask import abort, current_app
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
-from dinoret.webui.imaging import open_rgb
+from dinoret.indexer.decode import open_image
 
 _model_lock = threading.Lock()
 _WHOLE = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only: int() would also take "1_0" and "١"
@@ -73,25 +72,17 @@ def record_dict(record) -> dict:
     return asdict(record)
 
 
-def _hits(scores: np.ndarray, ids: np.ndarray, k: int, leave_out: int | None = None) -> list[dict]:
-    found = [(float(sc), int(i)) for sc, i in zip(scores, ids) if i >= 0 and i != leave_out][:k]
-    records = {rec.id: rec for rec in reader().records([i for _, i in found])}
-    live = [(sc, records[i]) for sc, i in found if i in records]  # an id deleted meanwhile is left out
-    return [{"rank": rank, "id": rec.id, "path": rec.path, "score": sc} for rank, (sc, rec) in enumerate(live, 1)]
-
-
 def search_by_id(image_id: int, k: int) -> list[dict]:
     """The ``k`` images most like indexed image ``image_id``, leaving out the image itself."""
-    r = reader()
-    scores, ids = r.search(r.vectors(np.array([image_id], dtype=np.int64)), k=k + 1)
-    return _hits(scores[0], ids[0], k, leave_out=image_id)
+    return [asdict(h) for h in reader().search_by_id(image_id, k)]
 
 
 def decode_upload(upload: FileStorage | None) -> Image.Image:
-    """The uploaded file as an RGB image; ``BadImage`` (a 400) for anything else."""
+    """The uploaded file as an RGB image, decoded by the indexer's decoder; ``SkipFile`` (a 400)
+    for anything else."""
     if upload is None:
         abort(400, description="no image uploaded (multipart field 'image')")
-    return open_rgb(upload.stream, current_app.config["MAX_UPLOAD_PIXELS"])
+    return open_image(upload.stream, max_pixels=current_app.config["MAX_UPLOAD_PIXELS"]).image
 
 
 def load_embedder(app) -> None:
@@ -104,4 +95,4 @@ def search_by_image(image: Image.Image, k: int) -> list[dict]:
     """The ``k`` indexed images most like ``image``, embedded as the collection was."""
     with _model_lock:
         hits = reader().search_images([image], k=k)[0]
-    return [{"rank": h.rank, "id": h.id, "path": h.path, "score": h.score} for h in hits]
+    return [asdict(h) for h in hits]

@@ -8,11 +8,11 @@ not cached under the old hash.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
-from dinoret.webui.imaging import open_rgb, to_jpeg
+from dinoret.core.files import atomic_write
+from dinoret.indexer.decode import open_image
+from dinoret.webui.imaging import to_jpeg
 
 
 def cache_name(content_hash: str, size: int) -> str:
@@ -21,7 +21,10 @@ def cache_name(content_hash: str, size: int) -> str:
 
 
 def _unchanged(path: Path, size: int, mtime: float) -> bool:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # gone since it was decoded
+        return False
     return st.st_size == size and abs(st.st_mtime - mtime) < 1e-3
 
 
@@ -29,22 +32,18 @@ def thumbnail(cache_dir: Path | None, record, size: int, max_pixels: int) -> Pat
     """The JPEG thumbnail of ``record`` (an index Record) fitting ``size`` x ``size``:
     a cached file's path, or the bytes when it cannot be cached.
 
-    Raises FileNotFoundError if the file is gone, ``BadImage`` if it no longer decodes.
+    Raises ``SkipFile`` (from the indexer's decoder) if the file is gone or no longer decodes.
     """
     cached = cache_dir / cache_name(record.content_hash, size) if cache_dir is not None else None
     if cached is not None and cached.is_file():
         return cached
     src = Path(record.path)
-    data = to_jpeg(open_rgb(src, max_pixels, draft=size), size)
+    data = to_jpeg(open_image(src, draft_size=size, max_pixels=max_pixels).image, size)
     if cached is None or not _unchanged(src, record.size, record.mtime):
         return data
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written under a unique name and renamed: concurrent requests never see half a file.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".jpg")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, cached)
+        # A cache: concurrent requests never see half a file, but a power cut may lose it.
+        atomic_write(cached, data, durable=False)
     except OSError:  # a read-only index directory: serve without caching
         return data
     return cached

@@ -28,7 +28,7 @@ def model_config(name: str) -> BackboneConfig:
     try:
         return MODELS[name]
     except KeyError:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}", param="model") from None
 
 
 def build_model(name_or_cfg: str | BackboneConfig, **overrides) -> DinoVisionTransformer:

@@ -49,10 +49,14 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
     skipped and listed. Files gone from PATHS are dropped from the index. Safe to stop
     at any moment (even kill -9): run the same command again to finish.
 
+    The first run uses --weights FILE, or the official weights of --model (default
+    dinov2_vits14), fetched once into the torch hub cache. A later run reads only new or
+    changed files and loads the model only if one needs embedding.
+
     \b
     Example:
-      dinoret index ./photos --weights dinov2_vits14_pretrain.pth
-      dinoret index ./photos ./more --index /data/idx   # later runs add what is new
+      dinoret index ./photos
+      dinoret index ./photos ./more --index /data/idx --weights teacher_backbone.pth
     """
     from dinoret.indexer.build import BuildOptions, build_index
 

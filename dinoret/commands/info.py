@@ -8,14 +8,6 @@ from dinoret.console import shown
 from dinoret.options import index_option
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @click.command("info")
 @index_option
 @click.option("--skipped", "list_skipped", is_flag=True, help="List every skipped file with its reason.")
@@ -28,6 +20,7 @@ def command(index_dir, list_skipped, as_json) -> None:
       dinoret info
       dinoret info --skipped --index /data/idx
     """
+    from dinoret.core.units import human_size
     from dinoret.retrieval.index import open_index
 
     reader = open_index(index_dir)
@@ -56,7 +49,7 @@ def command(index_dir, list_skipped, as_json) -> None:
         f"shards:     {stats['shards']} ({sizes or 'empty'} vectors)" + (
             f"; {stats['not_in_shards']} images not in the shards yet (searched exactly; "
             "the next `dinoret index` run adds them)" if stats["not_in_shards"] else ""),
-        f"disk use:   {_size(stats['disk_bytes'])}",
+        f"disk use:   {human_size(stats['disk_bytes'])}",
     ]
     if run:
         lines.append(f"last run:   {run['started']:%Y-%m-%d %H:%M} {run['status']}: indexed {run['indexed']}, "

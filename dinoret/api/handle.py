@@ -1,0 +1,323 @@
+"""``dinoret.open`` and :class:`Index`: one index directory, searched, deduplicated and read
+exactly as the ``dinoret query``, ``dedup`` and ``info`` commands do."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from dinoret.api.embedding import embed_with
+from dinoret.api.groups import Groups
+from dinoret.api.inputs import check_vector, is_id, is_vector, split_queries
+from dinoret.api.vectors import Vectors
+from dinoret.core.errors import NotFound, UserError
+from dinoret.indexer.layout import default_index_dir
+from dinoret.indexer.meta import Record
+from dinoret.retrieval.dedup import DEFAULT_K, DEFAULT_THRESHOLD, against_source, find_duplicates
+from dinoret.retrieval.index import Hit, IndexReader, open_index
+from dinoret.retrieval.reports import list_reports, load_report, save_report, set_group_verdict, set_keeper
+
+METHODS = ("auto", "exact", "faiss")  # kNN engines of dinoret.retrieval.knn_graph
+
+
+class Index:
+    """An index directory (made by ``dinoret index`` or :func:`dinoret.index`), opened by
+    :func:`dinoret.open`: search it, find its duplicates, read its records and vectors.
+
+    Read-only unless opened with ``writable=True``: then, as the CLI does, every
+    :meth:`dedup` run is stored in the index (``dinoret dedup --list``, the web UI) and
+    :meth:`review` records a reviewer's verdict. One handle may serve many threads.
+
+    >>> idx = dinoret.open(".dinoret")
+    >>> len(idx) > 0, idx.model, idx.dim == idx.info()["dim"]
+    (True, 'dinov2_vits14', True)
+    >>> with dinoret.open(".dinoret") as idx:
+    ...     hits = idx.search("query.jpg", k=2)
+    >>> len(hits)
+    2
+    """
+
+    def __init__(self, reader: IndexReader, writable: bool = False, device: str = "auto",
+                 weights: str | os.PathLike | None = None) -> None:
+        self._reader = reader
+        self.writable = writable
+        self._device = device
+        self._weights = None if weights is None else os.fspath(weights)
+        self._embedder = None
+        self._lock = threading.Lock()
+        #: What the :func:`dinoret.index` run that returned this handle did (a
+        #: ``dinoret.indexer.build.RunSummary``: indexed, unchanged, removed, skipped, ...); None otherwise.
+        self.summary = None
+
+    # --- what it is -----------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The index directory."""
+        return Path(self._reader.root)
+
+    @property
+    def model(self) -> str:
+        """The backbone name the index was built with."""
+        return self._reader.identity["model"]
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self._reader.identity["dim"])
+
+    @property
+    def identity(self) -> dict:
+        """What queries must match: model, weights sha256, dim, backbone config, preprocessing."""
+        return dict(self._reader.identity)
+
+    @property
+    def weights(self) -> str:
+        """The weights file queries are embedded with (the one recorded, unless ``weights=`` was given)."""
+        return self._weights or self._reader.weights_path
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def __repr__(self) -> str:
+        mode = "writable" if self.writable else "read-only"
+        return f"<dinoret.Index {self.root}: {len(self)} images, {self.model} dim {self.dim}, {mode}>"
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the index's files now (also done when the handle is garbage-collected, or at
+        the end of a ``with`` block).
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> idx.close()
+        """
+        self._reader.close()
+
+    def load(self, model: bool = False) -> None:
+        """Read the Faiss shards now rather than at the first search; with ``model=True`` also load
+        (and check against the index) the model that embeds image queries. Servers warm up so.
+
+        >>> dinoret.open(".dinoret").load(model=True)
+        """
+        self._reader.load()
+        if model:
+            self._query_embedder()
+
+    def info(self) -> dict:
+        """What ``dinoret info --json`` prints: model, dim, images, shards, index_type,
+        index_params, disk_bytes, last_run, skipped (a count: :meth:`skipped` lists them).
+
+        >>> info = dinoret.open(".dinoret").info()
+        >>> info["images"] == len(dinoret.open(".dinoret")), info["index_type"]
+        (True, 'flat')
+        """
+        return self._reader.stats()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file the indexing skipped, as ``dinoret info --skipped``.
+
+        >>> dinoret.open(".dinoret").skipped()
+        []
+        """
+        return self._reader.skipped()
+
+    def shard_sizes(self) -> list[tuple[int, int]]:
+        """(shard number, vectors in its file) per Faiss shard.
+
+        >>> [n for _, n in dinoret.open(".dinoret").shard_sizes()] == [len(dinoret.open(".dinoret"))]
+        True
+        """
+        return self._reader.shard_sizes()
+
+    # --- records and vectors --------------------------------------------------
+    def record(self, id: int) -> Record:
+        """The record of indexed image ``id``: path, size, mtime, content and pixel hashes,
+        width, height, shard. :class:`dinoret.Error` if there is none.
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> hit = idx.search("query.jpg", k=1)[0]
+        >>> idx.record(hit.id).path == hit.path
+        True
+        """
+        rec = self._reader.record(int(id)) if is_id(id) else None
+        if rec is None:
+            raise NotFound(f"no image with id {id} in the index {self.root}")
+        return rec
+
+    def ids(self) -> np.ndarray:
+        """The ids of every indexed image, ascending (int64).
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> len(idx.ids()) == len(idx)
+        True
+        """
+        return self._reader.ids()
+
+    def vectors(self) -> Vectors:
+        """The stored embeddings, as a lazy (N, dim) array over the memory-mapped ``vectors/``
+        files (rows read when indexed, see :class:`dinoret.Vectors`).
+
+        >>> vecs = dinoret.open(".dinoret").vectors()
+        >>> vecs[:3].shape[0]
+        3
+        """
+        return Vectors(self._reader)
+
+    # --- search ----------------------------------------------------------------
+    def _query_embedder(self):
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._reader.embedder(device=self._device, weights=self._weights)
+            return self._embedder
+
+    def embed(self, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Embed images exactly as this index's images were embedded (same model, weights,
+        preprocessing, decoder): float32 (N, dim), L2-normalised. ``images``: one image or a
+        list of file paths, PIL images or uint8 arrays.
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> idx.embed("query.jpg").shape == (1, idx.dim)
+        True
+        """
+        return embed_with(self._query_embedder(), images, batch_size, progress)
+
+    def search(self, query, k: int = 10, rerank: bool = True) -> list[Hit] | list[list[Hit]]:
+        """The ``k`` indexed images most similar to ``query`` (cosine), best first, as
+        :class:`dinoret.Hit` (``rank``, ``id``, ``path``, ``score``): ``dinoret query``'s results.
+
+        ``query``: an image file path, a PIL image, a uint8 image array (embedded exactly as
+        the collection was); an indexed id (its stored vector; the image itself is left
+        out, as in the web UI); or an embedding (a float array of the index's dim). A list
+        of them (or a float (N, dim) array) gives one list of hits per query. ``rerank``:
+        re-score IVF-PQ candidates with exact cosine (``--rerank/--no-rerank``).
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> hits = idx.search("query.jpg", k=3)
+        >>> [h.rank for h in hits], hits[0].score >= hits[-1].score
+        ([1, 2, 3], True)
+        >>> [h.id for h in idx.search(hits[0].id, k=3)].count(hits[0].id)
+        0
+        >>> len(idx.search(["query.jpg", idx.vectors()[0]], k=2))
+        2
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise UserError(f"k must be a whole number of at least 1, not {k!r}")
+        items, single = split_queries(query, self.dim)
+        vecs = np.empty((len(items), self.dim), dtype=np.float32)
+        leave_out: list[int | None] = [None] * len(items)
+        images = [i for i, q in enumerate(items) if not is_id(q) and not is_vector(q)]
+        if images:
+            vecs[images] = self.embed([items[i] for i in images])
+        for i, q in enumerate(items):
+            if is_id(q):
+                leave_out[i] = self.record(q).id
+            elif is_vector(q):
+                vecs[i] = check_vector(q, self.dim)
+        by_id = [i for i, left in enumerate(leave_out) if left is not None]
+        if by_id:
+            vecs[by_id] = self._reader.vectors([leave_out[i] for i in by_id])
+        out: list[list[Hit]] = [[] for _ in items]
+        # Queries by id ask for one more, since their own image (the best match) is left out.
+        for rows, extra in (([i for i in range(len(items)) if leave_out[i] is None], 0), (by_id, 1)):
+            if rows:
+                scores, ids = self._reader.search(vecs[rows], k=k + extra, rerank=rerank)
+                for row, hits in zip(rows, self._reader.hits(scores, ids, k=k, leave_out=[leave_out[r] for r in rows])):
+                    out[row] = hits
+        return out[0] if single else out
+
+    # --- duplicates ------------------------------------------------------------
+    def _against(self, against) -> tuple[object, str | None]:
+        if against is None:
+            return None, None
+        if isinstance(against, Index):
+            return against._reader, f"index:{against.root.resolve()}"
+        return against_source(against)
+
+    def dedup(self, threshold: float | None = DEFAULT_THRESHOLD, k: int = DEFAULT_K, keep: str = "largest",
+              against=None, split: bool = True, method: str = "auto", progress: bool = True) -> Groups:
+        """Exact and near-duplicate groups, found as ``dinoret dedup`` finds them (same options,
+        same defaults): exact copies by content or pixel hash, near ones by cosine >= ``threshold``
+        between stored vectors (a ``k``-nearest-neighbour graph), one keeper a group by ``keep``
+        (``largest``, ``oldest``, ``first``), chained groups split into stars unless
+        ``split=False``; groups reviewers marked *not duplicates* left out.
+
+        ``against``: a folder of images, another index directory or :class:`Index`: the index
+        images that duplicate *that* set instead (one group per matched item, the item as the
+        keeper). ``method``: ``auto``, ``exact`` or ``faiss`` kNN. On a ``writable`` handle the
+        result is stored in the index, as the CLI stores it (``Groups.id``).
+
+        >>> groups = dinoret.open(".dinoret").dedup(threshold=0.9, k=5, keep="oldest", progress=False)
+        >>> groups.params["keep"], groups.id is None
+        ('oldest', True)
+        """
+        if method not in METHODS:
+            raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        source, label = self._against(against)
+        result = find_duplicates(
+            self._reader, threshold=DEFAULT_THRESHOLD if threshold is None else threshold, k=k, keep=keep,
+            against=source, against_label=label, split=split, device=self._device, method=method,
+            weights=self._weights, progress=progress,
+        )
+        if self.writable:
+            return self.report(save_report(self._reader.engine, result))
+        return Groups(result.to_dict())
+
+    def reports(self) -> list[dict]:
+        """The dedup reports stored in the index, newest first (``dinoret dedup --list``): id,
+        created, threshold, against, n_groups, n_images, files, params.
+
+        >>> isinstance(dinoret.open(".dinoret").reports(), list)
+        True
+        """
+        return list_reports(self._reader.engine)
+
+    def report(self, report_id: int) -> Groups:
+        """Stored report ``report_id`` as :class:`Groups`, with the reviews made since applied
+        (``dinoret dedup --from-report N``).
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> stored = idx.dedup(threshold=0.95, progress=False)
+        >>> len(idx.report(stored.id)) == len(stored)
+        True
+        """
+        return Groups(load_report(self._reader.engine, int(report_id)), self._reader.engine if self.writable else None)
+
+    def review(self, member_ids, not_duplicates: bool | None = None, keeper: int | None = None) -> None:
+        """Record a reviewer's verdict on the group with these member ids, as the web UI does:
+        ``not_duplicates=True`` (False clears it) keeps the group out of later dedup runs while
+        its members stay the same; ``keeper`` makes that member the group's keeper now and in
+        later runs. Needs a ``writable`` handle.
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> a, b = idx.ids()[:2]
+        >>> idx.review([a, b], not_duplicates=True); idx.review([a, b], not_duplicates=False)
+        """
+        if not self.writable:
+            raise UserError(f"the index {self.root} is open read-only: dinoret.open(..., writable=True) to review")
+        ids = [int(i) for i in member_ids]
+        if not_duplicates is not None:
+            set_group_verdict(self._reader.engine, ids, "not_duplicates" if not_duplicates else None)
+        if keeper is not None:
+            set_keeper(self._reader.engine, ids, int(keeper))
+
+
+def open(index_dir: str | os.PathLike | None = None, writable: bool = False, device: str = "auto",
+         weights: str | os.PathLike | None = None) -> Index:
+    """Open an existing index directory (default ``$DINORET_INDEX``, else ``./.dinoret``).
+
+    ``writable=True`` lets :meth:`Index.dedup` store its reports and :meth:`Index.review`
+    record verdicts. ``device`` (``auto``, ``cpu``, ``cuda``) and ``weights`` (the index's
+    weights file, when it moved: its sha256 is checked) are what image queries and
+    ``dedup(against=folder)`` embed with, as ``--device`` / ``--weights`` of the CLI.
+
+    >>> idx = dinoret.open(".dinoret")
+    >>> idx.writable
+    False
+    """
+    return Index(open_index(default_index_dir() if index_dir is None else index_dir), writable, device, weights)
