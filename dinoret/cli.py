@@ -13,6 +13,7 @@ import click
 
 import dinoret.commands
 from dinoret import __version__
+from dinoret.console import shown
 from dinoret.core.errors import UserError
 
 
@@ -43,7 +44,12 @@ class DinoretGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}{self._flags_hint(ctx, e.params)}", err=True)
+            click.echo(f"error: {shown(str(e))}{self._flags_hint(ctx, e.params)}", err=True)
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            # click's own usage errors (a missing file, a bad value) are one line like every other.
+            where = e.ctx.command_path if e.ctx is not None else "dinoret"
+            click.echo(f"error: {shown(e.format_message())} (see `{where} --help`)", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

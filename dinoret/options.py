@@ -5,6 +5,15 @@ import click
 
 from dinoret.indexer.layout import DEFAULT_INDEX_DIR, INDEX_DIR_ENV
 
+
+def not_empty(ctx: click.Context, param: click.Parameter, value):
+    """Refuse an empty path (``--index ""``), which would otherwise mean the current folder."""
+    values = value if isinstance(value, tuple) else (value,)
+    if any(v == "" for v in values):
+        raise click.BadParameter("an empty path; give a folder (or . for the current one)", ctx=ctx, param=param)
+    return value
+
+
 index_option = click.option(
     "--index",
     "index_dir",
@@ -12,6 +21,7 @@ index_option = click.option(
     envvar=INDEX_DIR_ENV,
     show_default=True,
     type=click.Path(file_okay=False),
+    callback=not_empty,
     help="Index directory (or set DINORET_INDEX).",
 )
 device_option = click.option(

@@ -17,13 +17,11 @@ mtime changed since the catalog recorded their sha256 (``index_embedder``).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +32,7 @@ from tqdm import tqdm
 from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.catalog import RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
 from dinoret.indexer.commit import Committer, create_info
+from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.discover import find_images
 from dinoret.indexer.index_embedder import check_requested, check_weights, index_preprocess, load_index_embedder, remember_weights
 from dinoret.indexer.index_type import FLAT_MAX
@@ -41,6 +40,7 @@ from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.sync import SyncResult, remove_unreferenced, sync_shards
 from dinoret.indexer.vectors import remove_uncommitted
+from dinoret.indexer.writer_lock import writer_lock
 
 if TYPE_CHECKING:
     # torch (seconds to import) comes in only with the first file to read: a re-run with
@@ -82,17 +82,6 @@ class RunSummary:
 
     def skip_reasons(self) -> Counter:
         return Counter(reason for _, reason in self.skipped)
-
-
-@contextlib.contextmanager
-def writer_lock(path: Path) -> Iterator[None]:
-    """One writer per index; the OS drops the lock when the process dies (even by kill -9)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another index run is writing to {path.parent}; wait for it to finish") from None
-        yield
 
 
 def default_workers() -> int:
@@ -206,8 +195,11 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
     for r in roots:
         if not os.path.lexists(r):
             raise NotFound(f"no such file or folder: {r}")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with writer_lock(paths.lock):
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the index folder {paths.root}: {e.strerror or e}") from None
+    with writer_lock(paths.lock), index_errors(paths.root):
         engine = open_catalog(paths.catalog, create=True)
         info = read_info(engine)
         embedder: Embedder | None = None

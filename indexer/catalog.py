@@ -90,11 +90,25 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def open_catalog(path: Path, create: bool = False) -> Engine:
+    """The catalog's engine. An index a reader may not write to (read-only media, a folder of
+    someone else's) is opened read-only: with ``mode=ro`` when WAL's side files are there to
+    read (recent commits may live in them), else ``immutable``, since SQLite cannot create
+    them there and nothing can change the file through such a mount anyway."""
+    path = Path(path)
+    if not create and path.is_file() and not os.access(path.parent, os.W_OK):
+        side_files = all(path.with_name(path.name + s).is_file() for s in ("-wal", "-shm"))
+        how = "mode=ro" if side_files else "immutable=1"
+        return create_engine(f"sqlite:///file:{path.absolute()}?{how}&uri=true")
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         Base.metadata.create_all(engine)
     return engine
+
+
+def catalog_read_only(engine: Engine) -> bool:
+    """True for a catalog opened read-only by ``open_catalog``."""
+    return engine.url.query.get("immutable") == "1" or engine.url.query.get("mode") == "ro"
 
 
 def read_info(engine: Engine) -> IndexInfo | None:
@@ -134,6 +148,12 @@ def read_shards(engine: Engine) -> list[ShardRow]:
 def last_run(engine: Engine) -> RunRow | None:
     with Session(engine, expire_on_commit=False) as s:
         return s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
+
+
+def indexed_roots(engine: Engine) -> list[str]:
+    """Every folder (or file) a ``dinoret index`` run of this index was given, sorted."""
+    with Session(engine) as s:
+        return sorted({p for paths in s.scalars(select(RunRow.paths)) for p in (paths or [])})
 
 
 def display_path(raw: bytes) -> str:

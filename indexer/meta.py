@@ -172,9 +172,13 @@ class MetaStore:
             v = txn.get(path_key(path))
             return None if v is None else _unkey(v)
 
-    def ids(self) -> np.ndarray:
+    def ids(self, after: int = -1) -> np.ndarray:
+        """Live ids (greater than ``after``), ascending."""
         with self.env.begin(db=self.db["records"]) as txn:
-            return np.fromiter((_unkey(k) for k in txn.cursor().iternext(keys=True, values=False)), dtype=np.int64)
+            cur = txn.cursor()
+            if after >= 0 and not cur.set_range(_key(after + 1)):
+                return np.zeros(0, dtype=np.int64)
+            return np.fromiter((_unkey(k) for k in cur.iternext(keys=True, values=False)), dtype=np.int64)
 
     def iter_records(self, after: int = -1) -> Iterator[Record]:
         """Live records with id > ``after``, by id."""

@@ -7,12 +7,14 @@ per-shard scores are comparable when results are merged.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dinoret.core.errors import IndexUnavailable
 from dinoret.core.files import atomic_path
 
 if TYPE_CHECKING:
@@ -70,7 +72,13 @@ def write_index(index: faiss.Index, path: Path) -> None:
 
 def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
     faiss = _faiss()
-    index = faiss.read_index(str(path))
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:  # Faiss reports a damaged or truncated file this way
+        found = re.search(r"\.cpp:\d+: (.+)", str(e))
+        reason = (found.group(1) if found else str(e).strip() or "unreadable")[:160]
+        raise IndexUnavailable(f"the shard file {path} is damaged ({reason}): rebuild the index "
+                               "(`dinoret index` into a new index directory)") from None
     if spec and spec.get("type") == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
     return index

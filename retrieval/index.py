@@ -5,6 +5,7 @@ over all shards with exact re-ranking. Search scores are cosine similarities.
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -14,16 +15,22 @@ import numpy as np
 from PIL import Image
 
 from dinoret.core.errors import IndexUnavailable, NotFound, UserError
-from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_info, read_shards, read_skipped
+from dinoret.indexer.catalog import (
+    catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
+)
+from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.shards import merge_topk, read_index, search_shards
 from dinoret.indexer.vectors import VectorStore
+from dinoret.indexer.writer_lock import lock_is_held
 
 __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
 MAX_TOMBSTONE_SLACK = 1000
 _RERANK_BATCH = 256  # queries re-ranked at once (bounds memory: batch x candidates x dim floats)
+NO_SUCH_FILE = "no such file"
+_EXACT_BLOCK = 65_536  # stored vectors scored at once for images not in a shard yet
 
 
 @dataclass
@@ -46,7 +53,8 @@ def open_index(index_dir: str | Path) -> "IndexReader":
     paths = IndexPaths.of(index_dir)
     if not paths.exists():
         raise NotFound(f"no index at {paths.root}: build one with `dinoret index PATH`", param="index_dir")
-    return IndexReader(paths)
+    with index_errors(paths.root):
+        return IndexReader(paths)
 
 
 def _normalised(queries: np.ndarray) -> np.ndarray:
@@ -82,7 +90,11 @@ class IndexReader:
         return self.meta.ids()
 
     def vectors(self, ids) -> np.ndarray:
-        return self.store.get(ids)
+        try:
+            return self.store.get(ids)
+        except KeyError as e:  # a chunk file of vectors/ was deleted behind the index's back
+            raise IndexUnavailable(f"the index at {self.root} is damaged: {e.args[0]}; rebuild it "
+                                   "(`dinoret index` into a new index directory)") from None
 
     def record(self, id: int) -> Record | None:
         return self.meta.get(id)
@@ -107,39 +119,67 @@ class IndexReader:
         """Read the Faiss shards into memory now rather than at the first search (servers warm up)."""
         self._shards()
 
-    def _shards(self) -> tuple[dict, list]:
+    def _shards(self) -> tuple[dict, list, np.ndarray]:
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load_shards()
             return self._loaded
 
-    def _load_shards(self) -> tuple[dict, list]:
+    def _load_shards(self) -> tuple[dict, list, np.ndarray]:
+        """(index spec, shard indexes, ids committed after the shards were last synced)."""
         for _attempt in range(3):  # a concurrent index run may replace files between the two reads
             info = read_info(self.engine)
             spec = dict(info.index_params or {}, type=info.index_type)
-            files = [self._paths.shards / row.file for row in read_shards(self.engine)]
+            rows = read_shards(self.engine)
+            files = [self._paths.shards / row.file for row in rows]
             if all(f.is_file() for f in files):
-                return spec, [read_index(f, spec) for f in files]
+                return spec, [read_index(f, spec) for f in files], self._pending(rows)
         raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
+
+    def _pending(self, rows) -> np.ndarray:
+        # Every shard is synced up to the same id; a run cut short (kill -9) between its vector
+        # commits and its shard sync leaves live ids above it, searched exactly from vectors/.
+        synced = min((row.max_id for row in rows), default=-1)
+        if self.meta.counters()["next_id"] - 1 <= synced:
+            return np.zeros(0, dtype=np.int64)
+        return self.meta.ids(after=synced)
 
     def search(self, queries: np.ndarray, k: int = 10, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores float32 [Q,k], ids int64 [Q,k]) per query vector; -inf / -1 pad.
+        ``k`` is capped at the number of vectors the index holds.
 
         Flat indexes are exact already; IVF-PQ candidates (``rerank_candidates`` of them, at
-        least 4k) are re-scored with exact cosine from the stored vectors when ``rerank``."""
+        least 4k) are re-scored with exact cosine from the stored vectors when ``rerank``.
+        Images committed after the shards were last built are scored exactly and merged in."""
         q = _normalised(queries)
-        spec, indexes = self._shards()
+        spec, indexes, pending = self._shards()
+        k = max(0, min(int(k), sum(int(ix.ntotal) for ix in indexes) + len(pending)))
         approx = spec.get("type") == "ivfpq"
         n = max(int(spec.get("rerank_candidates", 0)), 4 * k) if approx and rerank else k
         # Ids deleted since their shard was written (only after a crash or during a run).
         tombstones = self.meta.tombstone_count()
-        scores, ids = search_shards(indexes, q, n + min(tombstones, MAX_TOMBSTONE_SLACK))
-        if tombstones:
+        n += min(tombstones, MAX_TOMBSTONE_SLACK)
+        scores, ids = search_shards(indexes, q, n)
+        if len(pending):
+            more_s, more_i = self._exact_topk(q, pending, n)
+            scores, ids = merge_topk(np.hstack([scores, more_s]), np.hstack([ids, more_i]), n)
+        if tombstones or len(pending):
             dead = ~self.meta.live_mask(ids)
             ids[dead], scores[dead] = -1, -np.inf
         if approx and rerank:
             scores = self._exact_scores(q, ids)
         return merge_topk(scores, ids, k)
+
+    def _exact_topk(self, q: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``n`` of ``ids`` per query by exact cosine, read from vectors/ a block at a time."""
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_i = np.full((len(q), 0), -1, np.int64)
+        for s in range(0, len(ids), _EXACT_BLOCK):
+            block = ids[s : s + _EXACT_BLOCK]
+            scores = q @ self.vectors(block).T
+            best_s, best_i = merge_topk(np.hstack([best_s, scores]),
+                                        np.hstack([best_i, np.broadcast_to(block, scores.shape)]), n)
+        return best_s, best_i
 
     def _exact_scores(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         out = np.full(ids.shape, -np.inf, dtype=np.float32)
@@ -149,7 +189,7 @@ class IndexReader:
             if rows.size == 0:
                 continue
             uniq, pos = np.unique(block[rows, cols], return_inverse=True)
-            vecs = self.store.get(uniq)
+            vecs = self.vectors(uniq)
             out[s + rows, cols] = np.einsum("nd,nd->n", q[s + rows], vecs[pos])
         return out
 
@@ -172,20 +212,38 @@ class IndexReader:
                 self._query_embedder = self.embedder()
             return self._query_embedder
 
-    def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
-        """Embed query images exactly as the collection was (file decode included)."""
+    def open_query_images(self, paths: list[str | Path]) -> list[Image.Image | str]:
+        """Each query file decoded exactly as the collection's files were: the RGB image, or a
+        short reason it cannot be read (so that one bad file costs the others nothing)."""
         from dinoret.indexer.decode import SkipFile, open_image
 
+        draft = self._default_embedder().preprocess.draft_size()
+        out: list[Image.Image | str] = []
+        for p in paths:
+            if not os.path.lexists(p):
+                out.append(NO_SUCH_FILE)
+            elif os.path.isdir(p):
+                out.append("a folder, not an image file")
+            else:
+                try:
+                    out.append(open_image(p, draft_size=draft).image)
+                except SkipFile as e:
+                    out.append(e.reason)
+        return out
+
+    def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
+        """Embed query images exactly as the collection was (file decode included)."""
         emb = self._default_embedder()
         pil = []
         for img in images:
             if isinstance(img, Image.Image):
                 pil.append(img.convert("RGB"))
                 continue
-            try:
-                pil.append(open_image(img, draft_size=emb.preprocess.draft_size()).image)
-            except SkipFile as e:
-                raise UserError(f"cannot read query image {img}: {e.reason}") from None
+            opened = self.open_query_images([img])[0]
+            if isinstance(opened, str):
+                kind = NotFound if opened == NO_SUCH_FILE else UserError
+                raise kind(f"cannot read query image {img}: {opened}")
+            pil.append(opened)
         return emb.embed_images(pil)
 
     def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
@@ -215,16 +273,21 @@ class IndexReader:
     # --- about the index ------------------------------------------------------
     def stats(self) -> dict:
         info = read_info(self.engine)
+        rows = read_shards(self.engine)
         run = last_run(self.engine)
+        last = run.to_dict() if run else None
+        if last and last["status"] == "running" and not lock_is_held(self._paths.lock):
+            last["status"] = "interrupted"  # its process is gone: the OS dropped its writer lock
         return {
             "model": self.identity["model"],
             "dim": self.identity["dim"],
             "images": len(self),
-            "shards": len(read_shards(self.engine)),
+            "shards": len(rows),
+            "not_in_shards": len(self._pending(rows)),
             "index_type": info.index_type,
             "index_params": info.index_params or {},
             "disk_bytes": disk_usage(self.root),
-            "last_run": run.to_dict() if run else None,
+            "last_run": last,
             "skipped": count_skipped(self.engine),
         }
 
@@ -234,3 +297,12 @@ class IndexReader:
 
     def skipped(self) -> list[tuple[str, str]]:
         return read_skipped(self.engine)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the index could only be opened for reading (read-only media or folder)."""
+        return catalog_read_only(self.engine)
+
+    def indexed_roots(self) -> list[str]:
+        """The folders (and files) ``dinoret index`` runs were given for this index."""
+        return indexed_roots(self.engine)

@@ -15,9 +15,10 @@ import hashlib
 import weakref
 from collections.abc import Iterable
 
-from sqlalchemy import JSON, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, select
+from sqlalchemy import JSON, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from dinoret.indexer.catalog import catalog_read_only
 from dinoret.retrieval.dedup_result import DedupResult, Group
 from dinoret.core.errors import NotFound, UserError
 
@@ -67,10 +68,19 @@ class DedupReview(Base):
 _ready: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
-def _ensure_tables(engine: Engine) -> None:
-    if engine not in _ready:
-        Base.metadata.create_all(engine)
-        _ready.add(engine)
+def _ensure_tables(engine: Engine, write: bool = False) -> bool:
+    """Create the dedup tables on first use; False if they do not exist and cannot be made
+    (a read-only catalog: reading finds nothing, writing is a UserError)."""
+    if engine in _ready:
+        return True
+    if catalog_read_only(engine):
+        if write:
+            raise UserError(f"the index catalog {engine.url.database} is read-only: dedup reports and reviews "
+                            "cannot be stored in it")
+        return inspect(engine).has_table(DedupReport.__tablename__)
+    Base.metadata.create_all(engine)
+    _ready.add(engine)
+    return True
 
 
 def _now() -> dt.datetime:
@@ -84,7 +94,7 @@ def review_key(member_ids: Iterable[int]) -> str:
 
 def save_report(engine: Engine, result: DedupResult, files: Iterable[str] = ()) -> int:
     """Store ``result`` (every group and member) and return the new report id."""
-    _ensure_tables(engine)
+    _ensure_tables(engine, write=True)
     with Session(engine) as s, s.begin():
         rep = DedupReport(
             created=_now(), params=result.params, stats=result.stats, files=[str(f) for f in files],
@@ -106,7 +116,7 @@ def save_report(engine: Engine, result: DedupResult, files: Iterable[str] = ()) 
 
 def add_report_files(engine: Engine, report_id: int, files: Iterable[str]) -> None:
     """Record report files written after the report was saved (they are listed with it)."""
-    _ensure_tables(engine)
+    _ensure_tables(engine, write=True)
     with Session(engine) as s, s.begin():
         rep = s.get(DedupReport, report_id)
         if rep is None:
@@ -129,7 +139,8 @@ def _summary(rep: DedupReport) -> dict:
 
 def list_reports(engine: Engine) -> list[dict]:
     """Every stored report, newest first: id, created, threshold, against, n_groups, n_images, files, params."""
-    _ensure_tables(engine)
+    if not _ensure_tables(engine):
+        return []
     with Session(engine) as s:
         return [_summary(r) for r in s.scalars(select(DedupReport).order_by(DedupReport.id.desc()))]
 
@@ -140,7 +151,8 @@ def load_report(engine: Engine, report_id: int) -> dict:
     Each member's ``score`` is its similarity to the keeper the report chose, whose id is
     the group's ``scored_against`` (it differs from ``keeper`` after a reviewer's choice).
     """
-    _ensure_tables(engine)
+    if not _ensure_tables(engine):
+        raise NotFound(f"no dedup report {report_id}")
     with Session(engine) as s:
         rep = s.get(DedupReport, report_id)
         if rep is None:
@@ -177,7 +189,8 @@ def _apply_review(group: dict, review: dict | None) -> None:
 
 def load_reviews(engine: Engine) -> dict[frozenset, dict]:
     """Every review: frozenset of member ids -> {"verdict", "keeper_id", "updated"}."""
-    _ensure_tables(engine)
+    if not _ensure_tables(engine):
+        return {}
     with Session(engine) as s:
         return {
             frozenset(r.member_ids): {"verdict": r.verdict, "keeper_id": r.keeper_id, "updated": r.updated}
@@ -186,7 +199,7 @@ def load_reviews(engine: Engine) -> dict[frozenset, dict]:
 
 
 def _upsert_review(engine: Engine, member_ids: list[int], **fields) -> None:
-    _ensure_tables(engine)
+    _ensure_tables(engine, write=True)
     ids = sorted({int(i) for i in member_ids})
     if len(ids) < 2:
         raise UserError("a review needs the ids of at least two group members")

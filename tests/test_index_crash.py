@@ -82,6 +82,12 @@ def test_kill_9_mid_run_then_rerun_indexes_everything_exactly_once(tmp_path, tin
     assert killed, "the run finished before it could be killed: make it longer"
     first = _committed(idx)
     assert 0 < first * 2 < N_IMAGES  # really cut mid-run
+    # In between: the killed run is shown as interrupted, and its committed vectors are searchable.
+    reader = open_index(idx)
+    assert reader.stats()["last_run"]["status"] == "interrupted"
+    _, found = reader.search(reader.vectors(reader.ids()), k=1)
+    assert len(reader) > 0 and (found[:, 0] == reader.ids()).all()
+    reader.close()
     # Second cut: some commits later, at whatever step the run is in.
     killed = _kill_when(_start(photos, idx, tiny_weights), lambda: _committed(idx) >= first + 4)
     assert killed

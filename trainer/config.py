@@ -133,15 +133,37 @@ def _merge(base: dict, update: dict, prefix: str = "") -> None:
                 raise UserError(f"config key {path!r} is a section, not a value")
             _merge(base[key], value, path + ".")
         else:
-            base[key] = value
+            base[key] = _same_kind(path, base[key], value)
+
+
+def _same_kind(path: str, default, value):
+    """``value`` checked against the kind of the default it replaces (a number for a number, ...),
+    so a typo is one line now rather than a TypeError deep inside training."""
+    number = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if number and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-6" as a string
+            value = float(value) if any(c in value for c in ".eEnN") else int(value)
+        except ValueError:
+            pass
+    if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UserError(f"config key {path!r} must be a number, not {value!r}")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise UserError(f"config key {path!r} must be true or false, not {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise UserError(f"config key {path!r} must be a string, not {value!r}")
+    if isinstance(default, list) and not isinstance(value, list):
+        raise UserError(f"config key {path!r} must be a list, not {value!r}")
+    return value
 
 
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path} is not a text file (YAML or TOML)") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:

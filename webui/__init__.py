@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import IntegerConverter
 
 DEFAULTS = {
     "INDEX_DIR": ".dinoret",
@@ -24,10 +25,26 @@ DEFAULTS = {
 }
 
 
+class _Int64Converter(IntegerConverter):
+    """``<int:...>`` in every route: ids past 2^63 - 1 (what SQLite and the LMDB keys hold) do not
+    match the route, so they are a 404 instead of an overflow deep inside a lookup."""
+
+    def __init__(self, map, *args, **kwargs) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 class _JSONProvider(DefaultJSONProvider):
     """ISO 8601 dates (Flask's default is the HTTP date format) and no key reordering."""
 
     sort_keys = False
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            # Deeply nested input: a ValueError is what Flask turns into a 400 (a bad body).
+            raise ValueError("JSON nested too deeply") from None
 
     @staticmethod
     def default(o):
@@ -48,6 +65,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     from dinoret.webui import api, errors, pages, queries, security
 
     app = Flask(__name__)
+    app.url_map.converters["int"] = _Int64Converter  # before any route is added
     app.config.from_mapping(DEFAULTS)
     app.config.update(config or {})
     if index_dir is not None:

@@ -28,7 +28,7 @@ def _links(image_id: int) -> dict:
 @bp.post("/search")
 @read_only
 def search():
-    body = request.get_json(silent=True) if request.is_json else None
+    body = request.get_json() if request.is_json else None  # malformed JSON: a 400
     args = body if isinstance(body, dict) else request.form
     k = queries.parse_k(args.get("k", request.args.get("k")))
     upload = request.files.get("image")
@@ -57,7 +57,7 @@ def image(image_id: int):
 def image_thumbnail(image_id: int):
     record = queries.record_or_404(image_id)
     sizes = current_app.config["THUMB_SIZES"]
-    size = request.args.get("size", type=int, default=sizes[1])
+    size = queries.whole_number(request.args.get("size", str(sizes[1])))
     if size not in sizes:
         abort(400, description=f"size must be one of {', '.join(map(str, sizes))}")
     try:

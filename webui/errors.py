@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from dinoret.core.errors import IndexUnavailable, NotFound, UserError
@@ -14,7 +15,8 @@ log = logging.getLogger("dinoret.webui")
 
 
 def _respond(status: int, title: str, message: str, headers: dict | None = None):
-    if request.path.startswith("/api/"):
+    if request.path.startswith("/api/") or request_ctx.url_adapter is None:
+        # No URL adapter: the Host header was refused, and no page template can build its links.
         response = jsonify(error=message, status=status)
     else:
         response = render_template("error.html", status=status, title=title, message=message)
@@ -23,7 +25,7 @@ def _respond(status: int, title: str, message: str, headers: dict | None = None)
 
 def _http_error(e: HTTPException):
     if e.code == 401:
-        if not request.path.startswith("/api/"):
+        if not request.path.startswith("/api/") and request_ctx.url_adapter is not None:
             return render_template("login.html", next=request.full_path.rstrip("?")), 401
         return _respond(401, e.name, "a bearer token is required", {"WWW-Authenticate": 'Bearer realm="dinoret"'})
     if e.code == 413:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import math
+import unicodedata
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
@@ -103,10 +105,18 @@ def set_keeper(report_id: int, group: int):
 
 
 def _local(target: str | None) -> str:
-    """``target`` if it is a path on this server, else the home page (no open redirects)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("pages.home")
+    """``target`` if it is a path on this server, else the home page (no open redirects).
+
+    Browsers drop tabs and newlines inside a URL, so ``/\t/evil.com`` would become
+    ``//evil.com``: any whitespace or control character sends the user home instead (a
+    newline would also be refused in a header)."""
+    home = url_for("pages.home")
+    if not target or any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in target):
+        return home
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return home
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else home
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -7,6 +7,7 @@ cores and memory. Searches by id only read vectors and Faiss shards and run conc
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import asdict
 
@@ -17,6 +18,8 @@ from werkzeug.datastructures import FileStorage
 from dinoret.indexer.decode import open_image
 
 _model_lock = threading.Lock()
+_WHOLE = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only: int() would also take "1_0" and "١"
+MAX_ID = 2**63 - 1  # ids are signed 64-bit (Faiss, LMDB keys, SQLite)
 
 
 def reader():
@@ -24,14 +27,25 @@ def reader():
     return current_app.extensions["dinoret.reader"]
 
 
+def whole_number(value) -> int | None:
+    """``value`` from a form, query string or JSON body as an int, or None unless it is a whole
+    number written as one (JSON true, 1.9, 1e23 or NaN are not; "12" and 12 are)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
 def parse_k(value) -> int:
     """``k`` from a request (default ``K_DEFAULT``), 400 unless 1 <= k <= ``K_MAX``."""
     if value in (None, ""):
         return current_app.config["K_DEFAULT"]
     kmax = current_app.config["K_MAX"]
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
+    k = whole_number(value)
+    if k is None:
         abort(400, description=f"k must be a whole number from 1 to {kmax}")
     if not 1 <= k <= kmax:
         abort(400, description=f"k must be from 1 to {kmax}")
@@ -40,16 +54,15 @@ def parse_k(value) -> int:
 
 def parse_id(value) -> int:
     """An image id from a request: 400 unless it is a whole number, 404 unless it is in the index."""
-    try:
-        image_id = int(value)
-    except (TypeError, ValueError):
+    image_id = whole_number(value)
+    if image_id is None:
         abort(400, description="id must be the whole-number id of an indexed image")
     record_or_404(image_id)
     return image_id
 
 
 def record_or_404(image_id: int):
-    record = reader().record(image_id) if image_id >= 0 else None
+    record = reader().record(image_id) if 0 <= image_id <= MAX_ID else None
     if record is None:
         abort(404, description=f"no image with id {image_id} in the index")
     return record

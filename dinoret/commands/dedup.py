@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import os
+
 import click
 
+from dinoret.console import shown
+from dinoret.core.errors import UserError
+from dinoret.dedup_jobs import check_flags
 from dinoret.options import device_option, index_option, weights_option
 
 MAX_LISTED = 10
@@ -14,7 +19,7 @@ def _echo_groups(report: dict) -> None:
         click.echo(f"group {g['group']} ({len(g['members'])} images){flag}")
         for m in g["members"]:
             what = "other" if m["external"] else "keep " if m["is_keeper"] else f"{m['reason']:5s}"
-            click.echo(f"  {what} {m['score']:.3f}  {m['width']}x{m['height']}  {m['path']}")
+            click.echo(f"  {what} {m['score']:.3f}  {m['width']}x{m['height']}  {shown(m['path'])}")
     if len(groups) > MAX_LISTED:
         click.echo(f"... {len(groups) - MAX_LISTED} more groups (write them all with --report FILE)")
 
@@ -26,21 +31,30 @@ def _list(engine) -> None:
     if not reports:
         click.echo("no dedup reports yet: run `dinoret dedup`")
     for r in reports:
-        against = f" against {r['against']}" if r["against"] else ""
-        files = f"  {', '.join(r['files'])}" if r["files"] else ""
+        against = f" against {shown(r['against'])}" if r["against"] else ""
+        files = f"  {', '.join(shown(f) for f in r['files'])}" if r["files"] else ""
         click.echo(f"#{r['id']}  {r['created']}  threshold {r['threshold']}{against}: "
                    f"{r['n_groups']} groups, {r['n_images']} images{files}")
 
 
-def _undo(manifest: str) -> None:
+def _undo(manifest: str, progress: bool) -> None:
     from dinoret.retrieval.moves import undo_moves
 
-    summary = undo_moves(manifest, progress=True)
+    summary = undo_moves(manifest, progress=progress)
     click.echo(f"restored {summary['restored']} files ({summary['already_in_place']} were already in place)")
     for p in summary["problems"]:
-        click.echo(f"  not restored: {p}", err=True)
+        click.echo(f"  not restored: {shown(p)}", err=True)
     if summary["problems"]:
         raise SystemExit(1)
+
+
+def _refuse_inside(move_to: str, roots: list[str]) -> None:
+    from dinoret.retrieval.moves import enclosing_root
+
+    root = enclosing_root(move_to, roots)
+    if root is not None:
+        raise UserError(f"--move-to {move_to} is inside the indexed folder {root}: the next `dinoret index` would "
+                        "index the moved files again; choose a folder outside it (or add --allow-inside)")
 
 
 def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
@@ -52,22 +66,22 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
     if not to_move:
         click.echo("nothing to move")
         return
-    import os
 
     plan = plan_moves(to_move, move_to, root=os.path.commonpath([os.path.dirname(p) for p in root_paths]))
     manifest = move_files(plan, move_to, dry_run=dry_run, report_id=report.get("id"), progress=progress and not dry_run)
     statuses = [e["status"] for e in manifest["moves"]]
     if dry_run:
         for e in manifest["moves"]:
-            click.echo(f"would move {e['src']} -> {e['dst']}" + ("" if e["status"] == "planned" else f"  ({e['status']})"))
-        click.echo(f"dry run: {statuses.count('planned')} files would move to {move_to}; nothing moved")
+            click.echo(f"would move {shown(e['src'])} -> {shown(e['dst'])}"
+                       + ("" if e["status"] == "planned" else f"  ({e['status']})"))
+        click.echo(f"dry run: {statuses.count('planned')} files would move to {shown(move_to)}; nothing moved")
         return
     moved = statuses.count("moved")
-    click.echo(f"moved {moved} of {len(plan)} files to {move_to}; manifest {manifest['manifest']}")
+    click.echo(f"moved {moved} of {len(plan)} files to {shown(move_to)}; manifest {shown(manifest['manifest'])}")
     for e in manifest["moves"]:
         if e["status"] != "moved":
-            click.echo(f"  not moved: {e['src']}: {e['status']}", err=True)
-    click.echo(f"undo with: dinoret dedup --undo {manifest['manifest']}")
+            click.echo(f"  not moved: {shown(e['src'])}: {shown(e['status'])}", err=True)
+    click.echo(f"undo with: dinoret dedup --undo {shown(manifest['manifest'])}")
     click.echo("the index still lists the moved files until `dinoret index` runs again on the collection")
 
 
@@ -90,7 +104,10 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
               help="kNN engine: exact torch matmul, Faiss IVF, or chosen from N and the device.")
 @click.option("--move-to", type=click.Path(file_okay=False), help="Move non-keepers here (relative paths kept).")
 @click.option("--dry-run", is_flag=True, help="With --move-to: list what would move, move nothing.")
-@click.option("--from-report", "from_report", type=click.IntRange(1),
+@click.option("--allow-inside", is_flag=True,
+              help="With --move-to: allow a folder inside the indexed folders (the next index run would "
+                   "index the moved files again).")
+@click.option("--from-report", "from_report", type=click.IntRange(1, 2**63 - 1),
               help="Use a stored report (e.g. after review in the web UI) instead of searching again.")
 @click.option("--list", "list_only", is_flag=True, help="List the reports stored in the index.")
 @click.option("--undo", "undo", type=click.Path(exists=True, dir_okay=False), metavar="MANIFEST",
@@ -98,8 +115,8 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
 @weights_option
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(index_dir, threshold, k, against, report_path, fmt, keep, split, method, move_to, dry_run, from_report,
-            list_only, undo, weights, device, quiet) -> None:
+def command(index_dir, threshold, k, against, report_path, fmt, keep, split, method, move_to, dry_run, allow_inside,
+            from_report, list_only, undo, weights, device, quiet) -> None:
     """Find exact and near-duplicate images in the index, report them, and optionally move
     the extra copies aside (never deleted; undoable).
 
@@ -107,6 +124,9 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     duplicates: images whose cosine similarity is at least the threshold. One keeper per
     group by --keep; every other member is listed with its similarity to the keeper.
     Without --move-to nothing on disk changes. Reports are stored in the index (--list).
+
+    One job per run: a search (the default), --against, --from-report (each may add
+    --report and --move-to), --list or --undo. Flags another job needs are refused.
 
     \b
     Example:
@@ -117,11 +137,10 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
       dinoret dedup --undo ./dups/dinoret-moves-20250101-120000.json
       dinoret dedup --list
     """
-    if undo:
-        _undo(undo)
+    job = check_flags(click.get_current_context())
+    if job == "undo":
+        _undo(undo, progress=not quiet)
         return
-    if dry_run and not move_to:
-        raise click.UsageError("--dry-run goes with --move-to (without it nothing moves anyway)")
 
     from dinoret.retrieval.dedup import DEFAULT_THRESHOLD, against_source, find_duplicates
     from dinoret.retrieval.index import open_index
@@ -129,9 +148,19 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
     from dinoret.retrieval.reports import add_report_files, load_report, save_report
 
     reader = open_index(index_dir)
-    if list_only:
+    if job == "list_only":
         _list(reader.engine)
         return
+    if reader.read_only and job != "from_report":
+        raise UserError(f"the index at {reader.root} is read-only: dedup stores its report there "
+                        "(--list and --from-report still work)")
+    if move_to and not allow_inside:
+        _refuse_inside(move_to, reader.indexed_roots())  # before the search: a refused run stores no report
+    if report_path:
+        report_format(report_path, fmt)  # an unknown format is refused before the search, not after
+        if os.path.lexists(report_path) and not os.path.isfile(report_path):
+            raise UserError(f"--report {report_path} exists and is not a regular file (a device or a pipe?): "
+                            "it would be replaced; choose a file name")
     if from_report:
         report = load_report(reader.engine, from_report)
     else:
@@ -144,9 +173,14 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
         report = load_report(reader.engine, save_report(reader.engine, result))
     if report_path or fmt:
         path = report_path or f"dinoret-dedup-{report['id']}.{fmt}"
-        written = write_report(report, path, report_format(path, fmt), progress=not quiet)
-        add_report_files(reader.engine, report["id"], [str(written.resolve())])
-        click.echo(f"report written to {written}")
+        try:
+            written = write_report(report, path, report_format(path, fmt), progress=not quiet)
+        except OSError as e:
+            raise UserError(f"cannot write the report {path}: {e.strerror or e} (it is stored in the index as "
+                            f"report #{report['id']}: write it later with --from-report {report['id']} --report FILE)")
+        if not reader.read_only:
+            add_report_files(reader.engine, report["id"], [str(written.resolve())])
+        click.echo(f"report written to {shown(written)}")
     _echo_groups(report)
     non_keepers = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"])
     exact = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"] and m["reason"] == "exact")

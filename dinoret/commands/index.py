@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import click
 
-from dinoret.options import device_option, index_option, model_option, weights_option
+from dinoret.console import shown
+from dinoret.options import device_option, index_option, model_option, not_empty, weights_option
 
 
 def _summary_lines(summary, max_listed: int = 20) -> list[str]:
@@ -13,7 +14,7 @@ def _summary_lines(summary, max_listed: int = 20) -> list[str]:
     ]
     if summary.skipped:
         lines.append("skipped: " + ", ".join(f"{r} ({n})" for r, n in summary.skip_reasons().most_common()))
-        lines += [f"  {path}: {reason}" for path, reason in summary.skipped[:max_listed]]
+        lines += [f"  {shown(path)}: {reason}" for path, reason in summary.skipped[:max_listed]]
         if len(summary.skipped) > max_listed:
             lines.append(f"  ... {len(summary.skipped) - max_listed} more: `dinoret info --skipped`")
     if summary.sync:
@@ -24,7 +25,7 @@ def _summary_lines(summary, max_listed: int = 20) -> list[str]:
 
 
 @click.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), callback=not_empty)
 @index_option
 @model_option
 @weights_option

@@ -4,6 +4,7 @@ import json
 
 import click
 
+from dinoret.console import shown
 from dinoret.options import index_option
 
 
@@ -30,7 +31,7 @@ def command(index_dir, list_skipped, as_json) -> None:
         return
     if list_skipped:
         for path, reason in reader.skipped():
-            click.echo(f"{reason}\t{path}")
+            click.echo(f"{reason}\t{shown(path)}")
         return
     ident = reader.identity
     params = stats["index_params"]
@@ -38,14 +39,16 @@ def command(index_dir, list_skipped, as_json) -> None:
     sizes = ", ".join(str(n) for _, n in reader.shard_sizes())
     run = stats["last_run"]
     lines = [
-        f"index:      {reader.root}",
+        f"index:      {shown(reader.root)}",
         f"model:      {ident['model']} (dim {ident['dim']}, weights sha256 {ident['weights_sha256'][:12]}…, "
         f"preprocess {ident['preprocess']['mode']})",
-        f"weights:    {reader.weights_path}",
+        f"weights:    {shown(reader.weights_path)}",
         f"images:     {stats['images']}",
         f"skipped:    {stats['skipped']} (dinoret info --skipped)",
         f"index type: {kind}",
-        f"shards:     {stats['shards']} ({sizes or 'empty'} vectors)",
+        f"shards:     {stats['shards']} ({sizes or 'empty'} vectors)" + (
+            f"; {stats['not_in_shards']} images not in the shards yet (searched exactly; "
+            "the next `dinoret index` run adds them)" if stats["not_in_shards"] else ""),
         f"disk use:   {human_size(stats['disk_bytes'])}",
     ]
     if run:

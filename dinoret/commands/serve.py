@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from dinoret.console import shown
+from dinoret.core.errors import UserError
 from dinoret.options import device_option, index_option, weights_option
 
 
@@ -59,10 +61,13 @@ def command(index_dir: str, host: str, port: int, token: str | None, threads: in
 
     import waitress
 
-    server = waitress.create_server(app, host=host, port=port, threads=threads, ident="dinoret")
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    url = f"http://{shown}:{server.effective_port}/"
-    click.echo(f"serving {n:,} images from {app.config['INDEX_DIR']} on {url}" + (f"?token={token}" if token else ""))
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="dinoret")
+    except (OSError, ValueError) as e:  # a port in use, a host name that does not resolve
+        raise UserError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    host_shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    url = f"http://{host_shown}:{server.effective_port}/"
+    click.echo(f"serving {n:,} images from {shown(app.config['INDEX_DIR'])} on {url}" + (f"?token={token}" if token else ""))
     try:
         server.run()
     finally:

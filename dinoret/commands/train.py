@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from dinoret.console import shown
 from dinoret.options import device_option
 
 
@@ -57,6 +58,10 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     from dinoret.trainer.train import train
 
     out = Path(output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {output}: {e.strerror or e}") from None
     main = int(os.environ.get("RANK", "0")) == 0
     sets = list(sets) + ([f"train.device={device}"] if device != "auto" else [])
     saved = out / "config.yaml"
@@ -67,9 +72,10 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
             raise UserError("give at least one DATA_DIR (or --resume to continue a run)")
         files, bad = _discover(data_dirs, out)
         if main:
-            click.echo(f"{len(files)} images under {', '.join(data_dirs)}" + (f"; {len(bad)} unusable files skipped" if bad else ""))
+            click.echo(f"{len(files)} images under {', '.join(map(shown, data_dirs))}"
+                       + (f"; {len(bad)} unusable files skipped" if bad else ""))
             for path, reason in bad[:20]:
-                click.echo(f"  skipped {path}: {reason}")
+                click.echo(f"  skipped {shown(path)}: {reason}")
     elif data_dirs and main:
         click.echo("--resume: training on the files recorded when the run started")
     load = partial(load_training_image, draft_size=largest_crop(cfg))
@@ -80,4 +86,5 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
             f"{summary['iterations']}/{summary['total_iterations']} iterations, loss {losses.get('total_loss', float('nan')):.4f}, "
             f"{summary['images_per_s']:.1f} images/s, {len(summary['skipped'])} files skipped while training"
         )
-        click.echo(f"teacher backbone: {out / 'teacher_backbone.pth'} (dinoret index PHOTOS --weights {out / 'teacher_backbone.pth'})")
+        backbone = shown(out / "teacher_backbone.pth")
+        click.echo(f"teacher backbone: {backbone} (dinoret index PHOTOS --weights {backbone})")
