@@ -13,6 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from dinoret.indexer.coarse import ADD_QUANTIZER_NPROBE, set_quantizer_nprobe, train_two_level
 from dinoret.indexer.layout import atomic_path
 
 
@@ -27,7 +28,10 @@ def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False  # polysemous filtering is not used: candidates are re-ranked exactly
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    if "quantizer_nprobe" in spec:
+        train_two_level(index, sample)
+    else:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
 
@@ -55,11 +59,38 @@ def write_index(index: faiss.Index, path: Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
-def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
-    index = faiss.read_index(str(path))
+def prepare_for_adding(index: faiss.Index, spec: dict) -> None:
+    """A shard read for searching probes many quantizer groups; adding needs only the nearest list."""
+    if "quantizer_nprobe" in spec:
+        set_quantizer_nprobe(index, ADD_QUANTIZER_NPROBE)
+
+
+def set_search_params(index: faiss.Index, spec: dict | None) -> None:
     if spec and spec.get("type") == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+        if "quantizer_nprobe" in spec:
+            set_quantizer_nprobe(index, spec["quantizer_nprobe"])
+
+
+def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
+    index = faiss.read_index(str(path))
+    set_search_params(index, spec)
     return index
+
+
+def read_merged(paths: list[Path], spec: dict) -> list[faiss.Index]:
+    """The IVF shards of ``paths`` as one in-memory index: they share one trained quantizer,
+    so one quantizer search serves all of them and only one copy of it stays in memory.
+    Shards are read one at a time and their lists moved over (peak: the result plus one shard)."""
+    if spec.get("type") != "ivfpq" or len(paths) < 2:
+        return [read_index(p, spec) for p in paths]
+    merged = faiss.read_index(str(paths[0]))
+    for p in paths[1:]:
+        other = faiss.read_index(str(p))
+        merged.merge_from(other, 0)  # keeps the stored ids; empties ``other``
+        del other
+    set_search_params(merged, spec)
+    return [merged]
 
 
 def search_shards(indexes: list[faiss.Index], queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

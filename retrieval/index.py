@@ -17,7 +17,7 @@ from dinoret.indexer.catalog import count_skipped, last_run, open_catalog, read_
 from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
-from dinoret.indexer.shards import merge_topk, read_index, search_shards
+from dinoret.indexer.shards import merge_topk, read_merged, search_shards
 from dinoret.indexer.vectors import VectorStore
 from dinoret.core.errors import UserError
 
@@ -112,7 +112,7 @@ class IndexReader:
             spec = dict(info.index_params or {}, type=info.index_type)
             files = [self._paths.shards / row.file for row in read_shards(self.engine)]
             if all(f.is_file() for f in files):
-                return spec, [read_index(f, spec) for f in files]
+                return spec, read_merged(files, spec)
         raise UserError(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def search(self, queries: np.ndarray, k: int = 10, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
