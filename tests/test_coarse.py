@@ -40,7 +40,7 @@ def test_large_spec_uses_the_nested_quantizer():
 def test_nested_index_finds_neighbours_and_shards_merge(tmp_path):
     d, nlist = 32, 64
     x = _unit(8000, d, 1)
-    template = faiss.index_factory(d, coarse.nested_factory(nlist, "PQ16x4fs"), faiss.METRIC_INNER_PRODUCT)
+    template = faiss.index_factory(d, coarse.nested_factory(nlist, "PQ32x4fs"), faiss.METRIC_INNER_PRODUCT)
     coarse.train_two_level(template, x)
     shards = []
     for s, (lo, hi) in enumerate([(0, 5000), (5000, 8000)]):
