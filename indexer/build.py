@@ -47,6 +47,7 @@ class BuildOptions:
     weights: str | None = None
     device: str = "auto"
     preprocess: str | None = None  # crop | whole; None: the index's, or crop for a new index
+    precision: str | None = None  # fp32 | int8; None: the index's, or fp32 for a new index
     batch_size: int = 32
     workers: int | None = None  # None: half the cores, at most 8
     index_type: str = "auto"  # auto | flat | ivfpq
@@ -93,7 +94,7 @@ def _load_embedder(info: IndexInfo | None, opts: BuildOptions):
     if info is None:
         preprocess = Preprocess(mode=opts.preprocess or "crop")
         model = opts.model or (None if opts.weights else DEFAULT_MODEL)
-        return Embedder.load(model, opts.weights, preprocess, opts.device)
+        return Embedder.load(model, opts.weights, preprocess, opts.device, precision=opts.precision or "fp32")
     recorded = info.identity
     if opts.model and opts.model != recorded["model"]:
         raise UserError(
@@ -106,10 +107,16 @@ def _load_embedder(info: IndexInfo | None, opts: BuildOptions):
             f"the index was built with --preprocess {preprocess.mode}, not {opts.preprocess}; "
             f"use another --index DIR (or delete this one)"
         )
+    precision = recorded.get("precision", "fp32")
+    if opts.precision and opts.precision != precision:
+        raise UserError(
+            f"the index was built with --precision {precision}, not {opts.precision}: vectors of two "
+            f"precisions cannot be mixed; use another --index DIR (or delete this one)"
+        )
     weights = opts.weights or info.weights_path
     if not Path(weights).is_file():
         raise UserError(f"the weights this index was built with are not at {weights}: pass --weights FILE")
-    emb = Embedder.load(None if not opts.model else opts.model, weights, preprocess, opts.device)
+    emb = Embedder.load(None if not opts.model else opts.model, weights, preprocess, opts.device, precision=precision)
     problem = identity_mismatch(recorded, emb.identity())
     if problem:
         raise UserError(f"refusing to mix embeddings: {problem}; use another --index DIR (or delete this one)")

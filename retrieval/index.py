@@ -157,7 +157,8 @@ class IndexReader:
                 f"the weights this index was built with are not at {path}: pass --weights FILE "
                 f"(the {self.identity['model']} file with sha256 {self.identity['weights_sha256'][:12]}…)"
             )
-        emb = Embedder.load(None, str(path), Preprocess.from_dict(self.identity["preprocess"]), device)
+        emb = Embedder.load(None, str(path), Preprocess.from_dict(self.identity["preprocess"]), device,
+                            precision=self.identity.get("precision", "fp32"))
         problem = identity_mismatch(self.identity, emb.identity())
         if problem:
             raise UserError(f"{path} does not match the index: {problem}")
