@@ -54,6 +54,7 @@ class BuildOptions:
     flat_max: int = FLAT_MAX
     shard_size: int = DEFAULT_SHARD_SIZE
     commit_every: int = DEFAULT_COMMIT_EVERY
+    gpu_decode: bool = True  # on CUDA: decode JPEGs and resize on the GPU (dinoret.indexer.gpu_pipeline)
     progress: bool = True
 
 
@@ -154,7 +155,12 @@ def _embed(todo: list[str], embedder, meta: MetaStore, committer: Committer, opt
            skipped: dict[str, str]) -> int:
     """Embeds and commits ``todo``; returns how many turned out unchanged (same bytes, new mtime)."""
     workers = default_workers() if opts.workers is None else opts.workers
-    loader = file_loader(todo, embedder.preprocess, opts.batch_size, workers)
+    if embedder.device.type == "cuda" and opts.gpu_decode:
+        from dinoret.indexer.gpu_pipeline import gpu_batches  # JPEG decode and resize on the GPU
+
+        loader = gpu_batches(todo, embedder.preprocess, opts.batch_size, embedder.device)
+    else:
+        loader = file_loader(todo, embedder.preprocess, opts.batch_size, workers)
     same_bytes = 0
     with tqdm(total=len(todo), unit="img", desc="embedding", disable=not opts.progress, smoothing=0.1) as bar:
         for batch in loader:
