@@ -216,13 +216,16 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
     ap.add_argument("--nprobes", type=int, nargs="*", default=[], help="also measure re-ranked search at these nprobe")
     ap.add_argument("--reuse", default=None, help="measure the queries of an index kept by --keep (no build)")
+    ap.add_argument("--clusters", type=int, default=None,
+                    help="with --reuse: mixture clusters the index was made with (default: its size / 200)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.reuse:
         paths = IndexPaths.of(args.reuse)
         n = len(open_index(paths.root))
-        results = [measure(paths, Mixture(args.dim, n_clusters=max(10, n // 200)), {"n": n}, args)]
+        mix = Mixture(args.dim, n_clusters=args.clusters or max(10, n // 200))
+        results = [measure(paths, mix, {"n": n}, args)]
     else:
         results = (run(n, args) for n in args.sizes)
     for r in results:

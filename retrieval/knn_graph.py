@@ -204,7 +204,7 @@ def _ivfpq(x: UnitVectors, y: UnitVectors, k, threshold, self_graph, nprobe, pro
     else:
         index.train(sample)
     del sample
-    batch = 65_536
+    batch = 16_384  # float32 rows converted at once: small next to the float16 vectors themselves
     for start in tqdm(range(0, n, batch), desc="kNN (ivfpq) add", unit="batch", disable=not progress):
         index.add(y.block(start, start + batch))
     index.nprobe = min(nprobe, nlist)
@@ -213,7 +213,7 @@ def _ivfpq(x: UnitVectors, y: UnitVectors, k, threshold, self_graph, nprobe, pro
     want = k + 1 if self_graph else k
     cand = min(n, want + PQ_EXTRA_CANDIDATES)
     parts = []
-    batch = 4096  # queries at once
+    batch = 2048  # queries at once: bounds the re-scoring buffer (batch x candidates x dim floats)
     for start in tqdm(range(0, len(x), batch), desc="kNN (ivfpq) search", unit="batch", disable=not progress):
         q = x.block(start, start + batch)
         _, nbrs = index.search(q, cand)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_BLOCK = 65_536
+_BLOCK = 16_384
 
 
 class UnitVectors:
