@@ -28,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.embed_speed import throughput  # noqa: E402
 from dinoret.core.devices import resolve_device  # noqa: E402
 from dinoret.core.models import build_model  # noqa: E402
 from dinoret.core.weights import save_backbone  # noqa: E402
@@ -44,16 +45,6 @@ def write_jpegs(folder: Path, n: int) -> None:
         img.save(folder / f"{i:07d}.jpg", quality=90)
 
 
-def model_only(emb: Embedder, batch: int, n: int) -> float:
-    x = torch.randn(batch, 3, 224, 224)
-    emb.embed_batch(x)  # warm-up
-    done, t = 0, time.perf_counter()
-    while done < n:
-        emb.embed_batch(x)  # returns numpy: includes the device sync
-        done += batch
-    return done / (time.perf_counter() - t)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -62,6 +53,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="CPU decoding processes (CPU path)")
     ap.add_argument("--model", default="dinov2_vits14")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measuring time of the model-only forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -75,7 +67,7 @@ def main() -> None:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
         print(f"{args.model}, {args.images} JPEGs 640x480, batch {batch}, {where}", flush=True)
         emb = Embedder.load(args.model, str(weights), device=device)
-        forward = model_only(emb, batch, max(args.images, 4 * batch))
+        forward = throughput(emb, batch, args.seconds)
         print(f"model only:  {forward:10.1f} images/s", flush=True)
         opts = BuildOptions(model=args.model, weights=str(weights), device=str(device), batch_size=batch,
                             workers=args.workers, progress=False)
