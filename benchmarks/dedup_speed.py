@@ -1,8 +1,11 @@
 """Dedup speed and memory on synthetic DINOv2-sized vectors with planted near-duplicate pairs.
 
-Runs the same function ``dinoret dedup`` runs after reading the index
-(``dinoret.retrieval.groups.find_groups``: kNN edges, union-find, star split) and prints wall time,
-peak RAM (max RSS of a fresh process per size) and the recall of the planted pairs.
+The vectors are written as an index stores them (float16 chunks in a ``vectors/`` folder);
+a fresh process per size then reads them as ``dinoret dedup`` does
+(``VectorStore.get_float16``: float16, no float32 copy) and runs the same grouping
+(``dinoret.retrieval.groups.find_groups``: kNN edges, union-find, star split). It prints the
+wall time (read + grouping), peak RAM of that process (VmHWM: imports included) against the
+float16 vectors' own bytes, and the recall of the planted pairs.
 
 Vectors: ``clusters`` random unit centres, members spread around them (cosine between two
 members of a cluster about 0.5, far below any dedup threshold, so clusters are realistic
@@ -14,6 +17,7 @@ Examples:
   .venv/bin/python benchmarks/dedup_speed.py --sizes 100000 1000000
   .venv/bin/python benchmarks/dedup_speed.py --switch          # exact vs Faiss on CPU by N
   .venv/bin/python benchmarks/dedup_speed.py --sizes 1000000 --device cuda --method exact
+  .venv/bin/python benchmarks/dedup_speed.py --sizes 100000 --method faiss   # the IVF-Flat engine, for comparison
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ import argparse
 import json
 import os
 import platform
-import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,9 +63,29 @@ def synthetic(n: int, d: int = 384, clusters: int = 1000, pairs: int = 1000, thr
     return x, np.stack([originals, np.arange(base, n)], axis=1)
 
 
-def run_one(n: int, method: str, device: str, k: int, threshold: float, nprobe: int, threads: int) -> dict:
+def peak_rss() -> int:
+    """Peak resident bytes of this process (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def write_store(workdir: Path, n: int, threshold: float) -> None:
+    """The synthetic vectors as an index keeps them: float16 chunks under ``workdir/vectors``."""
+    from dinoret.indexer.vectors import write_chunk
+
+    x, planted = synthetic(n, threshold=threshold)
+    for s in range(0, n, 100_000):
+        write_chunk(workdir / "vectors", s, x[s : s + 100_000])
+    np.save(workdir / "planted.npy", planted)
+
+
+def run_one(workdir: Path, method: str, device: str, k: int, threshold: float, nprobe: int, threads: int) -> dict:
     import torch
 
+    from dinoret.indexer.vectors import VectorStore
     from dinoret.retrieval.groups import find_groups
 
     torch.set_num_threads(threads)
@@ -70,9 +95,13 @@ def run_one(n: int, method: str, device: str, k: int, threshold: float, nprobe: 
         faiss.omp_set_num_threads(threads)
     except ImportError:
         pass
-    x, planted = synthetic(n, threshold=threshold)
-    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    planted = np.load(workdir / "planted.npy")
+    rss_imports = peak_rss()
     t0 = time.perf_counter()
+    store = VectorStore(workdir / "vectors")
+    n = sum(len(chunk) for _, chunk in store.iter_chunks())
+    x = store.get_float16(np.arange(n))
+    read_s = time.perf_counter() - t0
     groups = find_groups(x, threshold=threshold, k=k, method=method, device=device, nprobe=nprobe, progress=True)
     seconds = time.perf_counter() - t0
     group_of = {}
@@ -84,9 +113,9 @@ def run_one(n: int, method: str, device: str, k: int, threshold: float, nprobe: 
     stray = sum(1 for g in groups if not set(g.rows.tolist()) <= planted_rows)
     out = {
         "n": n, "dim": x.shape[1], "method": method, "device": device, "k": k, "threshold": threshold,
-        "nprobe": nprobe, "threads": threads, "seconds": round(seconds, 2),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "data_rss_gib": round(rss_data / 2**20, 2),
+        "nprobe": nprobe, "threads": threads, "seconds": round(seconds, 2), "read_s": round(read_s, 2),
+        "peak_rss_gib": round(peak_rss() / 2**30, 3), "imports_rss_gib": round(rss_imports / 2**30, 3),
+        "float16_gib": round(x.nbytes / 2**30, 3), "peak_over_float16": round(peak_rss() / x.nbytes, 2),
         "planted_pairs": len(planted), "pair_recall": round(found / len(planted), 4),
         "groups": len(groups), "groups_with_unplanted_rows": stray,
     }
@@ -108,7 +137,7 @@ def switch_point(sizes: list[int], threads: int, k: int = 10) -> None:
     for n in sizes:
         x, _ = synthetic(n, pairs=min(1000, n // 10))
         row = {"n": n}
-        for method in ("exact", "faiss"):
+        for method in ("exact", "ivfpq", "faiss"):
             t0 = time.perf_counter()
             knn_edges(x, k=k, threshold=0.9, method=method, device="cpu")
             row[method + "_s"] = round(time.perf_counter() - t0, 2)
@@ -118,14 +147,15 @@ def switch_point(sizes: list[int], threads: int, k: int = 10) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--method", default="auto", choices=["auto", "exact", "faiss"])
+    p.add_argument("--method", default="auto", choices=["auto", "exact", "ivfpq", "faiss"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threshold", type=float, default=None, help="default: dinoret.retrieval.dedup.DEFAULT_THRESHOLD")
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--switch", action="store_true", help="time exact vs Faiss kNN on the CPU by N")
-    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one size
+    p.add_argument("--workdir", default=None, help="where the float16 chunks go (default: system temp)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one stored set
     args = p.parse_args()
     if args.threshold is None:
         from dinoret.retrieval.dedup import DEFAULT_THRESHOLD
@@ -136,18 +166,23 @@ def main() -> None:
                      args.threads)
         return
     if args.one:
-        print(json.dumps(run_one(args.sizes[0], args.method, args.device, args.k, args.threshold, args.nprobe,
+        print(json.dumps(run_one(Path(args.one), args.method, args.device, args.k, args.threshold, args.nprobe,
                                  args.threads)))
         return
     print(f"# {platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus, "
           f"{args.threads} threads", flush=True)
     for n in args.sizes:
-        # A fresh process per size, so that max RSS is this size's peak alone.
-        cmd = [sys.executable, __file__, "--one", "--sizes", str(n), "--method", args.method, "--device",
-               args.device, "--k", str(args.k), "--threshold", str(args.threshold), "--nprobe", str(args.nprobe),
-               "--threads", str(args.threads)]
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        print(res.stdout.strip().splitlines()[-1], flush=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"dedup_speed_{n}_", dir=args.workdir))
+        try:
+            write_store(workdir, n, args.threshold)
+            # A fresh process per size, so that the peak RSS is this size's alone.
+            cmd = [sys.executable, __file__, "--one", str(workdir), "--method", args.method, "--device",
+                   args.device, "--k", str(args.k), "--threshold", str(args.threshold), "--nprobe", str(args.nprobe),
+                   "--threads", str(args.threads)]
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+            print(res.stdout.strip().splitlines()[-1], flush=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,12 @@ from dinoret.core.weights import Backbone
 
 def images_per_second(name: str, device: torch.device, batch: int, seconds: float) -> float:
     model = build_model(name)
-    emb = Embedder(Backbone(model, name, model.cfg, "random", "random"), device=device)
+    return throughput(Embedder(Backbone(model, name, model.cfg, "random", "random"), device=device), batch, seconds)
+
+
+def throughput(emb: Embedder, batch: int, seconds: float) -> float:
+    """Images/s of ``emb.embed_batch`` on one 224-px batch held in memory (the model-only ceiling)."""
+    device = emb.device
     x = torch.randn(batch, 3, 224, 224)
     emb.embed_batch(x)  # warm-up (allocations, kernels)
     if device.type == "cuda":

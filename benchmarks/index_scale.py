@@ -1,6 +1,11 @@
 """Index build time, disk, RAM, single-query latency and recall@10 at 100k and 1M vectors.
 
     python benchmarks/index_scale.py --sizes 100000 1000000 --threads 2
+    nice python benchmarks/index_scale.py --sizes 10000000 --workdir /var/tmp/scale --keep --nprobes 64 128
+    python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --nprobes 32 64
+
+``--nprobes`` measures the re-ranked search again at other probe counts (the index's own
+is always measured); ``--reuse`` measures the queries of an index kept by ``--keep``.
 
 The vectors are synthetic, 384-d (ViT-S/14 size), L2-normalised, drawn from a mixture of
 Gaussians on the sphere (clusters of varied width around random centres), not uniform
@@ -44,25 +49,29 @@ from dinoret.retrieval.index import open_index  # noqa: E402
 BLOCK = 100_000
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = "VmRSS") -> int:
+    """Resident memory now (``VmRSS``) or at its peak (``VmHWM``: unlike ru_maxrss, not
+    inherited from the parent across fork and exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
 
-def shard_ram(index_dir: Path) -> int:
-    """Resident memory a fresh process gains by loading the shards (a fresh process, because
-    memory freed by the build would be reused and hide the growth)."""
+def shard_ram(index_dir: Path) -> tuple[int, int, int]:
+    """(resident memory a fresh process gains by loading the shards, its RSS after, its peak RSS);
+    a fresh process, because memory freed by the build would be reused and hide the growth."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.index_scale import rss_bytes; "
+        "import sys, resource; sys.path.insert(0, sys.argv[2]); from benchmarks.index_scale import rss_bytes; "
         "from dinoret.retrieval.index import open_index; r = open_index(sys.argv[1]); "
-        "b = rss_bytes(); r.load(); print(rss_bytes() - b)"
+        "b = rss_bytes(); r.load(); a = rss_bytes(); "
+        "print(a - b, a, rss_bytes('VmHWM'))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(index_dir), str(REPO)], check=True,
                          capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    grow, after, peak = map(int, out.stdout.strip().splitlines()[-1].split())
+    return grow, after, peak
 
 
 class Mixture:
@@ -107,8 +116,9 @@ def exact_topk(reader, queries: np.ndarray, k: int) -> np.ndarray:
     for s in range(0, len(ids), BLOCK):
         block = ids[s : s + BLOCK]
         sc = queries @ reader.vectors(block).T
-        all_s = np.hstack([best_s, sc])
-        all_i = np.hstack([best_i, np.broadcast_to(block, sc.shape)])
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]  # the block's own top k, unordered
+        all_s = np.hstack([best_s, np.take_along_axis(sc, part, 1)])
+        all_i = np.hstack([best_i, block[part]])
         top = np.argsort(-all_s, axis=1)[:, :k]
         best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
     return best_i
@@ -116,6 +126,54 @@ def exact_topk(reader, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def timed_queries(reader, queries: np.ndarray, truth: np.ndarray, rerank: bool) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, recall@10) of single-query searches."""
+    reader.search(queries[:5], k=10, rerank=rerank)  # warm up page cache and lookup tables
+    lat, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        _, ids = reader.search(q[None], k=10, rerank=rerank)
+        lat.append(time.perf_counter() - t)
+        found.append(ids[0])
+    return (1000 * float(np.percentile(lat, 50)), 1000 * float(np.percentile(lat, 99)),
+            recall_at(np.array(found[: len(truth)]), truth))
+
+
+def measure(paths: IndexPaths, mix: Mixture, out: dict, args) -> dict:
+    log("loading the shards in a fresh process")
+    out["index_ram_bytes"], out["reader_rss_bytes"], out["reader_peak_rss_bytes"] = shard_ram(paths.root)
+    reader = open_index(paths.root)
+    spec, _ = reader._shards()
+    out.update(factory=spec["factory"], nprobe=spec.get("nprobe"), shards=len(reader.shard_sizes()),
+               disk_bytes=disk_usage(paths.root), shard_bytes=disk_usage(paths.shards),
+               vector_bytes=disk_usage(paths.vectors))
+    queries = mix.sample(args.queries, np.random.default_rng(99))
+    log("exact ground truth")
+    truth = exact_topk(reader, queries[: args.gt_queries], 10)
+    for rerank in (True, False):
+        tag = "rerank" if rerank else "norerank"
+        log(f"timing {tag}")
+        out[f"p50_ms_{tag}"], out[f"p99_ms_{tag}"], out[f"recall10_{tag}"] = timed_queries(reader, queries, truth, rerank)
+    if spec["type"] == "ivfpq":
+        from dinoret.indexer.coarse import search_quantizer_nprobe
+        from dinoret.indexer.shards import set_search_params
+
+        for nprobe in args.nprobes:
+            other = dict(spec, nprobe=nprobe)
+            if "quantizer_nprobe" in spec:
+                other["quantizer_nprobe"] = search_quantizer_nprobe(spec["nlist"], nprobe)
+            for index in reader._shards()[1]:
+                set_search_params(index, other)
+            out.setdefault("sweep", []).append((nprobe, *timed_queries(reader, queries, truth, True)))
+            log(f"nprobe {nprobe}: p50 {out['sweep'][-1][1]:.2f} ms p99 {out['sweep'][-1][2]:.2f} ms "
+                f"recall@10 {out['sweep'][-1][3]:.3f}")
+    return out
 
 
 def run(n: int, args) -> dict:
@@ -126,36 +184,20 @@ def run(n: int, args) -> dict:
     paths.root.mkdir(parents=True)
     mix = Mixture(args.dim, n_clusters=max(10, n // 200))
     try:
+        log(f"ingest {n:,} vectors into {paths.root}")
         ingest_s = ingest(paths, mix, n, args.shard_size)
+        log(f"ingest {ingest_s:.1f} s; training and filling the shards")
         engine = open_catalog(paths.catalog)
         meta = MetaStore(paths.meta, readonly=False)
         t = time.perf_counter()
-        sync = sync_shards(paths, engine, meta, args.dim, forced=args.index_type)
+        sync_shards(paths, engine, meta, args.dim, forced=args.index_type)
         sync_s = time.perf_counter() - t
         meta.close()
         engine.dispose()
-
-        ram = shard_ram(paths.root)
-        reader = open_index(paths.root)
-        queries = mix.sample(args.queries, np.random.default_rng(99))
-        truth = exact_topk(reader, queries[: args.gt_queries], 10)
-        out = {"n": n, "factory": sync.spec["factory"], "nprobe": sync.spec.get("nprobe"),
-               "shards": len(reader.shard_sizes()), "ingest_s": ingest_s, "train_add_s": sync_s,
-               "disk_bytes": disk_usage(paths.root), "shard_bytes": disk_usage(paths.shards),
-               "vector_bytes": disk_usage(paths.vectors), "index_ram_bytes": ram}
-        for rerank in (True, False):
-            reader.search(queries[:5], k=10, rerank=rerank)  # warm up page cache and lookup tables
-            lat, found = [], []
-            for q in queries:
-                t = time.perf_counter()
-                _, ids = reader.search(q[None], k=10, rerank=rerank)
-                lat.append(time.perf_counter() - t)
-                found.append(ids[0])
-            tag = "rerank" if rerank else "norerank"
-            out[f"p50_ms_{tag}"] = 1000 * float(np.percentile(lat, 50))
-            out[f"p99_ms_{tag}"] = 1000 * float(np.percentile(lat, 99))
-            out[f"recall10_{tag}"] = recall_at(np.array(found[: args.gt_queries]), truth)
-        return out
+        log(f"train/add {sync_s:.1f} s")
+        out = {"n": n, "ingest_s": ingest_s, "train_add_s": sync_s,
+               "build_peak_rss_bytes": rss_bytes("VmHWM")}
+        return measure(paths, mix, out, args)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -172,19 +214,35 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1_000_000)
     ap.add_argument("--workdir", default=None, help="where the temporary indexes go (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
+    ap.add_argument("--nprobes", type=int, nargs="*", default=[], help="also measure re-ranked search at these nprobe")
+    ap.add_argument("--reuse", default=None, help="measure the queries of an index kept by --keep (no build)")
+    ap.add_argument("--clusters", type=int, default=None,
+                    help="with --reuse: mixture clusters the index was made with (default: its size / 200)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    for n in args.sizes:
-        r = run(n, args)
+    if args.reuse:
+        paths = IndexPaths.of(args.reuse)
+        n = len(open_index(paths.root))
+        mix = Mixture(args.dim, n_clusters=args.clusters or max(10, n // 200))
+        results = [measure(paths, mix, {"n": n}, args)]
+    else:
+        results = (run(n, args) for n in args.sizes)
+    for r in results:
         print(f"N={r['n']:,}  {r['factory']} nprobe={r['nprobe']} shards={r['shards']}")
-        print(f"  build: ingest {r['ingest_s']:.1f} s + train/add {r['train_add_s']:.1f} s")
+        if "ingest_s" in r:
+            print(f"  build: ingest {r['ingest_s']:.1f} s + train/add {r['train_add_s']:.1f} s; "
+                  f"peak RSS {r['build_peak_rss_bytes'] / 2**30:.2f} GiB")
         print(f"  disk: {r['disk_bytes'] / 2**20:.1f} MiB (shards {r['shard_bytes'] / 2**20:.1f} MiB, "
               f"vectors {r['vector_bytes'] / 2**20:.1f} MiB)")
-        print(f"  index RAM: {r['index_ram_bytes'] / 2**20:.1f} MiB = {r['index_ram_bytes'] / r['n']:.1f} bytes/vector")
+        print(f"  index RAM: {r['index_ram_bytes'] / 2**20:.1f} MiB = {r['index_ram_bytes'] / r['n']:.1f} bytes/vector "
+              f"(reader process RSS after loading {r['reader_rss_bytes'] / 2**20:.0f} MiB, "
+              f"peak {r['reader_peak_rss_bytes'] / 2**20:.0f} MiB)")
         for tag in ("rerank", "norerank"):
             print(f"  {tag:9s} latency p50 {r[f'p50_ms_{tag}']:.2f} ms  p99 {r[f'p99_ms_{tag}']:.2f} ms  "
                   f"recall@10 {r[f'recall10_{tag}']:.3f}")
+        for nprobe, p50, p99, rec in r.get("sweep", []):
+            print(f"  rerank, nprobe {nprobe}: p50 {p50:.2f} ms  p99 {p99:.2f} ms  recall@10 {rec:.3f}")
         sys.stdout.flush()
 
 

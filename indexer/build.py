@@ -60,12 +60,14 @@ class BuildOptions:
     weights: str | None = None
     device: str = "auto"
     preprocess: str | None = None  # crop | whole; None: the index's, or crop for a new index
+    precision: str | None = None  # fp32 | int8; None: the index's, or fp32 for a new index
     batch_size: int = 32
     workers: int | None = None  # None: half the cores, at most 8
     index_type: str = "auto"  # auto | flat | ivfpq
     flat_max: int = FLAT_MAX
     shard_size: int = DEFAULT_SHARD_SIZE
     commit_every: int = DEFAULT_COMMIT_EVERY
+    gpu_decode: bool = True  # on CUDA: decode JPEGs and resize on the GPU (dinoret.indexer.gpu_pipeline)
     progress: bool = True
 
 
@@ -95,7 +97,7 @@ def _new_embedder(opts: BuildOptions) -> Embedder:
 
     preprocess = Preprocess(mode=opts.preprocess or "crop")
     model = opts.model or (None if opts.weights else DEFAULT_MODEL)
-    return Embedder.load(model, opts.weights, preprocess, opts.device)
+    return Embedder.load(model, opts.weights, preprocess, opts.device, precision=opts.precision or "fp32")
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -147,7 +149,16 @@ def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder]
     from dinoret.indexer.file_dataset import file_loader
 
     workers = default_workers() if opts.workers is None else opts.workers
-    loader = file_loader(plan.todo, preprocess, opts.batch_size, workers, known=plan.known)
+    loader = None
+    if opts.gpu_decode and plan.todo and not plan.known:
+        from dinoret.core.devices import resolve_device
+
+        if resolve_device(opts.device).type == "cuda":
+            from dinoret.indexer.gpu_pipeline import gpu_batches  # JPEG decode and resize on the GPU
+
+            loader = gpu_batches(plan.todo, preprocess, opts.batch_size, embedder().device)
+    if loader is None:
+        loader = file_loader(plan.todo, preprocess, opts.batch_size, workers, known=plan.known)
     same_bytes = 0
     with tqdm(total=len(plan.todo), unit="img", desc="embedding", disable=not opts.progress, smoothing=0.1) as bar:
         for batch in loader:
@@ -209,7 +220,7 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
             remember_weights(engine, embedder.backbone.weights_path, embedder.backbone.weights_sha256)
         else:
             # Refused by name, before any file is read; the model itself loads only if a file needs it.
-            check_requested(info.identity, model=opts.model, preprocess=opts.preprocess)
+            check_requested(info.identity, model=opts.model, preprocess=opts.preprocess, precision=opts.precision)
             if opts.weights:
                 check_weights(engine, opts.weights)
 

@@ -15,21 +15,31 @@ from dinoret.core.weights import Backbone, load_backbone
 
 
 class Embedder:
-    """A backbone and the preprocessing that goes with it, on one device."""
+    """A backbone and the preprocessing that goes with it, on one device, at one precision.
 
-    def __init__(self, backbone: Backbone, preprocess: Preprocess | None = None, device: str | torch.device = "auto") -> None:
+    ``precision="int8"`` runs the transformer trunk with int8 weights in ONNX Runtime on the
+    CPU (``dinoret.indexer.int8``), whatever ``device`` says: vectors of an int8 index must
+    be made the same way on every machine."""
+
+    def __init__(self, backbone: Backbone, preprocess: Preprocess | None = None, device: str | torch.device = "auto",
+                 precision: str = "fp32") -> None:
+        from dinoret.indexer.int8 import check_precision, int8_forward
+
         self.backbone = backbone
         self.preprocess = preprocess or Preprocess()
-        self.device = resolve_device(device)
+        self.precision = check_precision(precision)
+        self.device = torch.device("cpu") if precision == "int8" else resolve_device(device)
         self.model = backbone.model.to(self.device).eval()
+        self._forward = int8_forward(self.model, backbone.weights_sha256) if precision == "int8" else self.model
 
     @classmethod
     def load(cls, name: str | None = None, weights: str | None = None, preprocess: Preprocess | None = None,
-             device: str | torch.device = "auto", sha256: str | None = None) -> "Embedder":
+             device: str | torch.device = "auto", sha256: str | None = None,
+             precision: str = "fp32") -> "Embedder":
         """Load a backbone (see :func:`dinoret.core.weights.load_backbone`; ``sha256``: the weights
-        file's, when known). An existing index's embedder comes from
-        :func:`dinoret.indexer.index_embedder.load_index_embedder`, which checks it."""
-        return cls(load_backbone(name, weights, sha256=sha256), preprocess, device)
+        file's, when known) to run at ``precision`` (fp32, or int8 on the CPU). An existing index's
+        embedder comes from :func:`dinoret.indexer.index_embedder.load_index_embedder`, which checks it."""
+        return cls(load_backbone(name, weights, sha256=sha256), preprocess, device, precision)
 
     @property
     def dim(self) -> int:
@@ -43,6 +53,7 @@ class Embedder:
             "dim": self.dim,
             "backbone_config": self.backbone.config.to_dict(),
             "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
         }
 
     @torch.inference_mode()
@@ -50,7 +61,7 @@ class Embedder:
         """``x``: preprocessed [B, 3, H, W] (one size per batch)."""
         x = x.to(self.device, non_blocking=True)
         with autocast(self.device):
-            feats = self.model(x)
+            feats = self._forward(x)
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:

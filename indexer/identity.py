@@ -1,4 +1,5 @@
-"""Whether an embedder is the one a collection was embedded with (model, weights, preprocessing)."""
+"""Whether an embedder is the one a collection was embedded with (model, weights, preprocessing,
+precision)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,10 @@ def identity_mismatch(recorded: dict, actual: dict) -> str | None:
         return (f"the index was built with {recorded.get('model')} weights sha256 "
                 f"{str(recorded.get('weights_sha256'))[:12]}…, these are {actual.get('model')} "
                 f"sha256 {str(actual.get('weights_sha256'))[:12]}…")
+    # Indexes made before --precision existed were all fp32.
+    if recorded.get("precision", "fp32") != actual.get("precision", "fp32"):
+        return (f"the index was built with --precision {recorded.get('precision', 'fp32')}, "
+                f"this embedder runs {actual.get('precision', 'fp32')}")
     for key in ("backbone_config", "dim", "preprocess"):
         if _canonical({key: recorded.get(key)}) != _canonical({key: actual.get(key)}):
             return f"the index was built with a different {key.replace('_', ' ')}: {_canonical(recorded.get(key) or {})[:200]}"

@@ -39,8 +39,9 @@ def catalog_info(catalog: Engine) -> IndexInfo:
     return info
 
 
-def check_requested(identity: dict, model: str | None = None, preprocess: str | None = None) -> None:
-    """Refuse a model or preprocessing mode other than the index's (by name: nothing is loaded)."""
+def check_requested(identity: dict, model: str | None = None, preprocess: str | None = None,
+                    precision: str | None = None) -> None:
+    """Refuse a model, preprocessing mode or precision other than the index's (by name: nothing is loaded)."""
     if model and model != identity["model"]:
         raise UserError(
             f"the index was built with {identity['model']}, not {model}: vectors of two models cannot be mixed; "
@@ -50,6 +51,16 @@ def check_requested(identity: dict, model: str | None = None, preprocess: str | 
         raise UserError(
             f"the index was built with preprocessing {recorded!r}, not {preprocess!r}; "
             f"use another index directory (or delete this one)", param=("preprocess", "index_dir"))
+    recorded_precision = index_precision(identity)
+    if precision and precision != recorded_precision:
+        raise UserError(
+            f"the index was built at precision {recorded_precision}, not {precision}: vectors of two precisions "
+            f"cannot be mixed; use another index directory (or delete this one)", param=("precision", "index_dir"))
+
+
+def index_precision(identity: dict) -> str:
+    """The precision the index's images were embedded at (indexes made before int8 existed are fp32)."""
+    return identity.get("precision", "fp32")
 
 
 def index_preprocess(identity: dict) -> Preprocess:
@@ -102,7 +113,8 @@ def load_index_embedder(catalog: Engine, weights: str | os.PathLike | None = Non
 
     identity = catalog_info(catalog).identity
     path, sha = check_weights(catalog, weights)
-    emb = Embedder.load(None, str(path), index_preprocess(identity), device, sha256=sha)
+    emb = Embedder.load(None, str(path), index_preprocess(identity), device, sha256=sha,
+                        precision=index_precision(identity))
     problem = identity_mismatch(identity, emb.identity())
     if problem:
         raise UserError(f"{path} does not match the index: {problem}", param="weights")

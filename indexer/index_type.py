@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from math import log2, sqrt
 
+from dinoret.indexer.coarse import nested_factory, search_quantizer_nprobe, uses_two_levels
+
 FLAT_MAX = 50_000  # above this many vectors the exact index becomes slow and large
 RAM_BYTES_PER_VECTOR = 64  # budget for the in-memory index: PQ code + 8-byte id
 # PQ candidates per query re-scored exactly (at least 4k). 4-bit PQ alone orders close
@@ -61,16 +63,23 @@ def flat_spec() -> dict:
 def ivfpq_spec(n: int, dim: int, ram_bytes_per_vector: int = RAM_BYTES_PER_VECTOR) -> dict:
     nlist = choose_nlist(n)
     m = choose_m(dim, ram_bytes_per_vector)
-    return {
+    nprobe = choose_nprobe(nlist)
+    spec = {
         "type": "ivfpq",
         "factory": f"IVF{nlist},PQ{m}x4fs",
         "nlist": nlist,
         "m": m,
-        "nprobe": choose_nprobe(nlist),
+        "nprobe": nprobe,
         "rerank_candidates": RERANK_CANDIDATES,
         "train_size": min(n, TRAIN_POINTS_PER_LIST * nlist),
         "trained_for": n,
     }
+    if uses_two_levels(nlist):
+        # Past ~250k vectors a flat k-means/quantizer over nlist centroids costs hours on a
+        # small CPU: two-level training and an IVF-Flat quantizer (dinoret.indexer.coarse).
+        spec["factory"] = nested_factory(nlist, f"PQ{m}x4fs")
+        spec["quantizer_nprobe"] = search_quantizer_nprobe(nlist, nprobe)
+    return spec
 
 
 def keep_current(current: dict | None, n: int, forced: str = "auto", flat_max: int = FLAT_MAX) -> bool:

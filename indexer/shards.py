@@ -40,7 +40,12 @@ def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False  # polysemous filtering is not used: candidates are re-ranked exactly
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    if "quantizer_nprobe" in spec:
+        from dinoret.indexer.coarse import train_two_level
+
+        train_two_level(index, sample)
+    else:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
 
@@ -70,6 +75,24 @@ def write_index(index: faiss.Index, path: Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
+def prepare_for_adding(index: faiss.Index, spec: dict) -> None:
+    """A shard read for searching probes many quantizer groups; adding needs only the nearest list."""
+    if "quantizer_nprobe" in spec:
+        from dinoret.indexer.coarse import ADD_QUANTIZER_NPROBE, set_quantizer_nprobe
+
+        set_quantizer_nprobe(index, ADD_QUANTIZER_NPROBE)
+
+
+def set_search_params(index: faiss.Index, spec: dict | None) -> None:
+    faiss = _faiss()
+    if spec and spec.get("type") == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+        if "quantizer_nprobe" in spec:
+            from dinoret.indexer.coarse import set_quantizer_nprobe
+
+            set_quantizer_nprobe(index, spec["quantizer_nprobe"])
+
+
 def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
     faiss = _faiss()
     try:
@@ -79,9 +102,23 @@ def read_index(path: Path, spec: dict | None = None) -> faiss.Index:
         reason = (found.group(1) if found else str(e).strip() or "unreadable")[:160]
         raise IndexUnavailable(f"the shard file {path} is damaged ({reason}): rebuild the index "
                                "(`dinoret index` into a new index directory)") from None
-    if spec and spec.get("type") == "ivfpq":
-        faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+    set_search_params(index, spec)
     return index
+
+
+def read_merged(paths: list[Path], spec: dict) -> list[faiss.Index]:
+    """The IVF shards of ``paths`` as one in-memory index: they share one trained quantizer,
+    so one quantizer search serves all of them and only one copy of it stays in memory.
+    Shards are read one at a time and their lists moved over (peak: the result plus one shard)."""
+    if spec.get("type") != "ivfpq" or len(paths) < 2:
+        return [read_index(p, spec) for p in paths]
+    merged = read_index(paths[0])
+    for p in paths[1:]:
+        other = read_index(p)
+        merged.merge_from(other, 0)  # keeps the stored ids; empties ``other``
+        del other
+    set_search_params(merged, spec)
+    return [merged]
 
 
 def search_shards(indexes: list[faiss.Index], queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

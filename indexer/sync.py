@@ -7,6 +7,7 @@ deleted. A crash anywhere leaves the previous, consistent set of shards in the c
 """
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from dinoret.indexer.catalog import IndexInfo, ShardRow, read_info, read_shards
 from dinoret.indexer.index_type import FLAT_MAX, choose_index
 from dinoret.indexer.layout import IndexPaths
 from dinoret.indexer.meta import MetaStore
-from dinoret.indexer.shards import add_vectors, empty_shard, new_file_name, read_index, remove_ids, train_template, write_index
+from dinoret.indexer.shards import (add_vectors, empty_shard, new_file_name, prepare_for_adding, read_index, remove_ids,
+                                    train_template, write_index)
 from dinoret.indexer.vectors import VectorStore
 
 ADD_BATCH = 65_536  # vectors decoded to float32 at once while filling a shard
@@ -38,7 +40,7 @@ def _current_spec(info: IndexInfo) -> dict | None:
     return None if info.index_type in (None, "none") else dict(info.index_params or {}, type=info.index_type)
 
 
-def _fill(index, store: VectorStore, ids: list[int], progress) -> None:
+def _fill(index, store: VectorStore, ids, progress) -> None:
     for s in range(0, len(ids), ADD_BATCH):
         chunk = np.asarray(ids[s : s + ADD_BATCH], dtype=np.int64)
         add_vectors(index, chunk, store.get(chunk))
@@ -64,7 +66,7 @@ def sync_shards(paths: IndexPaths, engine: Engine, meta: MetaStore, dim: int, fo
     watermark = meta.counters()["next_id"] - 1
     after = min((r.max_id for r in rows.values()), default=-1)
 
-    adds: dict[int, list[int]] = defaultdict(list)
+    adds: dict[int, array] = defaultdict(lambda: array("q"))  # 8 bytes per id, not a Python int each
     for rec in meta.iter_records(after=after):
         if rec.id > (rows[rec.shard].max_id if rec.shard in rows else -1):
             adds[rec.shard].append(rec.id)
@@ -97,7 +99,9 @@ def sync_shards(paths: IndexPaths, engine: Engine, meta: MetaStore, dim: int, fo
             new_rows[shard] = ShardRow(shard=shard, file=row.file, n_vectors=row.n_vectors, max_id=watermark)
             continue
         remove_ids(index, removes.get(shard, ()))
-        _fill(index, store, adds.get(shard, []), bar.update)
+        if spec["type"] == "ivfpq":
+            prepare_for_adding(index, spec)
+        _fill(index, store, adds.get(shard, array("q")), bar.update)
         name = new_file_name(f"shard-{shard:04d}")
         write_index(index, paths.shards / name)
         new_rows[shard] = ShardRow(shard=shard, file=name, n_vectors=int(index.ntotal), max_id=watermark)

@@ -105,6 +105,38 @@ class VectorStore:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
+    def get_float16(self, ids) -> np.ndarray:
+        """float16 [n, D] rows exactly as stored (not renormalised), for committed ``ids``.
+
+        For reading many vectors at once (dedup of a whole index): each chunk is mapped
+        only while its rows are copied, so the result is the only copy held in memory."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self._lock:
+            self._scan()
+        if not self._paths:
+            if ids.size:
+                raise KeyError(f"no stored vector for ids {ids[:5].tolist()}")
+            return np.zeros((0, 0), np.float16)
+        starts = np.asarray(self._starts, dtype=np.int64)
+        chunk = np.searchsorted(starts, ids, side="right") - 1
+        if (chunk < 0).any():
+            raise KeyError(f"no stored vector for ids {ids[chunk < 0][:5].tolist()}")
+        out = np.empty((len(ids), self.dim), dtype=np.float16)
+        order = np.argsort(ids, kind="stable")
+        bounds = np.searchsorted(chunk[order], np.arange(len(starts) + 1))
+        for c in range(len(starts)):
+            sel = order[bounds[c] : bounds[c + 1]]
+            if sel.size == 0:
+                continue
+            arr = np.load(self._paths[c], mmap_mode="r")
+            rows = ids[sel] - starts[c]
+            if rows.max() >= len(arr):
+                raise KeyError(f"no stored vector for ids {ids[sel][rows >= len(arr)][:5].tolist()}")
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            out[sel] = arr[lo:hi][rows - lo] if hi - lo < 2 * len(rows) else arr[rows]
+            del arr  # unmapped: its pages leave this process
+        return out
+
     def _covers(self, ids: np.ndarray) -> bool:
         if not self._starts or int(ids.min()) < self._starts[0]:
             return False

@@ -20,6 +20,7 @@ from dinoret.retrieval.dedup_result import DedupResult, Group, Member
 from dinoret.retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keeper_rank, labels_from_keys
 from dinoret.retrieval.knn_graph import choose_method, knn_edges
 from dinoret.retrieval.reports import apply_reviews, load_reviews
+from dinoret.retrieval.unit_vectors import UnitVectors
 from dinoret.core.devices import resolve_device
 from dinoret.core.errors import NotFound, UserError
 
@@ -40,9 +41,9 @@ class _Items:
         self.width, self.height = np.asarray(width, np.int64), np.asarray(height, np.int64)
         self.size, self.mtime = np.asarray(size, np.int64), np.asarray(mtime, np.float64)
         self.content, self.pixels = content, pixels
-        v = np.asarray(vectors, np.float32)
-        # vectors/ keeps float16: renormalise so that a vector's cosine with itself is 1.
-        self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        # Kept as read (index vectors: float16 as stored, no float32 copy of them all),
+        # normalised on the way out so that a vector's cosine with itself is 1.
+        self.vectors = UnitVectors(np.asarray(vectors))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +63,8 @@ def _index_items(reader) -> _Items:
         ids = np.array([r.id for r in recs], np.int64)
     return _Items(
         ids, [r.path for r in recs], [r.width for r in recs], [r.height for r in recs], [r.size for r in recs],
-        [r.mtime for r in recs], [r.content_hash for r in recs], [r.pixel_hash for r in recs], reader.vectors(ids),
+        [r.mtime for r in recs], [r.content_hash for r in recs], [r.pixel_hash for r in recs],
+        reader.store.get_float16(ids),
     )
 
 
@@ -121,7 +123,7 @@ def _against_groups(items: _Items, other: _Items, threshold: float, method: str,
     for i, (c, p) in enumerate(zip(items.content, items.pixels)):
         j = by_hash.get("c" + c, by_hash.get("p" + p) if p else None)
         if j is not None:
-            best[i] = (j, float(items.vectors[i] @ other.vectors[j]), True)
+            best[i] = (j, float(items.vectors.rows(i) @ other.vectors.rows(j)), True)
             n_exact += 1
     members_of: dict[int, list[tuple[int, float, bool]]] = {}
     for i, (j, s, exact) in best.items():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dinoret.retrieval.knn_graph import knn_edges
+from dinoret.retrieval.unit_vectors import UnitVectors, as_unit
 
 KEEP_POLICIES = ("largest", "oldest", "first")
 
@@ -144,7 +145,7 @@ class RowGroup:
 
 
 def find_groups(
-    vectors: np.ndarray,
+    vectors: np.ndarray | UnitVectors,
     threshold: float,
     k: int = 10,
     rank: np.ndarray | None = None,
@@ -155,10 +156,11 @@ def find_groups(
     nprobe: int = 16,
     progress: bool = False,
 ) -> list[RowGroup]:
-    """Duplicate groups among the rows of ``vectors`` (L2-normalised): exact copies
+    """Duplicate groups among the rows of ``vectors`` (as stored: normalised here): exact copies
     (``exact_labels`` from ``labels_from_keys``) first, then kNN edges with cosine >= ``threshold``, connected
     components, and (``split``) the star split. ``rank``: keeper preference, 0 = best
     (default: row order). Groups come ordered by their keeper's rank."""
+    vectors = as_unit(vectors)
     n = len(vectors)
     rank = np.arange(n) if rank is None else np.asarray(rank)
     uf = UnionFind(n)
@@ -172,12 +174,13 @@ def find_groups(
     for comp in components(uf.labels()):
         if split and len(comp) > 2:
             atoms = None if exact_labels is None else exact_labels[comp]
-            parts = [comp[s] for s in star_split(vectors[comp], rank[comp], threshold, atoms)]
+            parts = [comp[s] for s in star_split(vectors.rows(comp), rank[comp], threshold, atoms)]
         else:
             # Two rows joined by one edge (or exact copies) pass the split check by construction.
             parts = [comp[np.argsort(rank[comp], kind="stable")]]
         for rows in parts:
-            scores = vectors[rows] @ vectors[rows[0]]
+            member_vecs = vectors.rows(rows)
+            scores = member_vecs @ member_vecs[0]
             scores[0] = 1.0
             exact = np.zeros(len(rows), bool) if exact_labels is None else exact_labels[rows] == exact_labels[rows[0]]
             groups.append(RowGroup(rows, scores.astype(np.float32), exact))

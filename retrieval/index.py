@@ -21,7 +21,7 @@ from dinoret.indexer.catalog import (
 from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
-from dinoret.indexer.shards import merge_topk, read_index, search_shards
+from dinoret.indexer.shards import merge_topk, read_merged, search_shards
 from dinoret.indexer.vectors import VectorStore
 from dinoret.indexer.writer_lock import lock_is_held
 
@@ -133,7 +133,7 @@ class IndexReader:
             rows = read_shards(self.engine)
             files = [self._paths.shards / row.file for row in rows]
             if all(f.is_file() for f in files):
-                return spec, [read_index(f, spec) for f in files], self._pending(rows)
+                return spec, read_merged(files, spec), self._pending(rows)
         raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def _pending(self, rows) -> np.ndarray:

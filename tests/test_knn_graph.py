@@ -21,8 +21,13 @@ def brute_pairs(x, k, threshold):
     return pairs
 
 
-@pytest.mark.parametrize("method", ["exact", "faiss"])
-def test_self_graph_matches_brute_force(method):
+@pytest.mark.parametrize("method", ["exact", "faiss", "ivfpq", "ivfpq-two-level"])
+def test_self_graph_matches_brute_force(method, monkeypatch):
+    if method == "ivfpq-two-level":  # the nested quantizer of very large sets, on a small one
+        import dinoret.indexer.coarse as coarse
+
+        monkeypatch.setattr(coarse, "TWO_LEVEL_MIN_NLIST", 2)
+        method = "ivfpq"
     rng = np.random.default_rng(0)
     base = unit(rng, 150)
     # 40 near copies so that real edges clear the threshold
@@ -68,5 +73,20 @@ def test_auto_prefers_exact_on_gpu_and_small_sets():
     import torch
 
     assert choose_method(1000, 1000, torch.device("cpu")) == "exact"
-    assert choose_method(10**6, 10**6, torch.device("cpu")) == "faiss"
+    assert choose_method(10**6, 10**6, torch.device("cpu")) == "ivfpq"
     assert choose_method(10**6, 10**6, torch.device("cuda")) == "exact"
+
+
+@pytest.mark.parametrize("method", ["exact", "ivfpq"])
+def test_float16_as_stored_gives_the_exact_cosines(method):
+    """Vectors read as stored (float16, not quite unit length) are normalised once and every
+    edge score is the cosine of the two stored rows."""
+    rng = np.random.default_rng(4)
+    base = unit(rng, 120)
+    copies = base[:30] + 0.05 * rng.standard_normal((30, base.shape[1])).astype(np.float32)
+    x = np.concatenate([base, copies]).astype(np.float16) * np.float16(1.7)  # stored rows need not be unit
+    ref = x.astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    src, dst, score = knn_edges(x, k=4, threshold=0.8, method=method, device="cpu", nprobe=64)
+    assert set(zip(src.tolist(), dst.tolist())) == brute_pairs(ref, 4, 0.8)
+    np.testing.assert_allclose(score, np.einsum("ij,ij->i", ref[src], ref[dst]), atol=1e-5)

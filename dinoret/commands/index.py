@@ -34,6 +34,9 @@ def _summary_lines(summary, max_listed: int = 20) -> list[str]:
 @click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes [default: half the cores, at most 8].")
 @click.option("--preprocess", type=click.Choice(["crop", "whole"]), default=None,
               help="crop: official centre crop (default for a new index); whole: keep the whole image.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="fp32 (default for a new index) or int8: ~2x faster on a CPU (ONNX Runtime, int8 weights), "
+                   "features within cosine 0.99 of fp32. Fixed when the index is created; queries follow it.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivfpq"]), default="auto", show_default=True,
               help="auto: exact while small, IVF-PQ past 50,000 images.")
 @click.option("--shard-size", default=1_000_000, show_default=True, type=click.IntRange(1),
@@ -41,7 +44,7 @@ def _summary_lines(summary, max_listed: int = 20) -> list[str]:
 @click.option("--commit-every", default=1024, show_default=True, type=click.IntRange(1),
               help="Images embedded between commits: the most work a crash can lose.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(paths, index_dir, model, weights, device, batch_size, workers, preprocess, index_type, shard_size,
+def command(paths, index_dir, model, weights, device, batch_size, workers, preprocess, precision, index_type, shard_size,
             commit_every, quiet) -> None:
     """Embed the images under PATHS into the index (only new or changed files).
 
@@ -57,10 +60,12 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
     Example:
       dinoret index ./photos
       dinoret index ./photos ./more --index /data/idx --weights teacher_backbone.pth
+      dinoret index ./photos --precision int8 --index ./idx8   # the faster CPU path
     """
     from dinoret.indexer.build import BuildOptions, build_index
 
-    opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, batch_size=batch_size,
+    opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, precision=precision,
+                        batch_size=batch_size,
                         workers=workers, index_type=index_type, shard_size=shard_size, commit_every=commit_every,
                         progress=not quiet)
     summary = build_index(paths, index_dir, opts)

@@ -41,7 +41,7 @@ def command(index_dir, list_skipped, as_json) -> None:
     lines = [
         f"index:      {shown(reader.root)}",
         f"model:      {ident['model']} (dim {ident['dim']}, weights sha256 {ident['weights_sha256'][:12]}…, "
-        f"preprocess {ident['preprocess']['mode']})",
+        f"preprocess {ident['preprocess']['mode']}, precision {ident.get('precision', 'fp32')})",
         f"weights:    {shown(reader.weights_path)}",
         f"images:     {stats['images']}",
         f"skipped:    {stats['skipped']} (dinoret info --skipped)",

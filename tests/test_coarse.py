@@ -1,0 +1,63 @@
+"""Two-level IVF training, the nested quantizer, and reading several shards as one index."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from dinoret.indexer import coarse
+from dinoret.indexer.index_type import ivfpq_spec
+from dinoret.indexer.shards import read_merged, write_index
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, d)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_shares_split_exactly():
+    share = coarse._shares(np.array([100, 1, 0, 50]), 20)
+    assert share.sum() == 20 and share[2] == 0 and share[1] == 1 and share[0] > share[3]
+
+
+def test_two_level_centroids_cover_the_data():
+    x = _unit(6000, 32, 0)
+    c = coarse.two_level_centroids(x, 64)
+    assert c.shape == (64, 32)
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-5)
+    # Every point is close to some centroid: far closer than to a random direction.
+    assert float(np.mean(np.max(x @ c.T, axis=1))) > 0.8
+
+
+def test_large_spec_uses_the_nested_quantizer():
+    spec = ivfpq_spec(10_000_000, 384)
+    assert spec["nlist"] == 16384 and spec["factory"].startswith("IVF16384(IVF128,Flat),PQ")
+    assert spec["quantizer_nprobe"] >= coarse.MIN_SEARCH_QUANTIZER_NPROBE
+    assert "quantizer_nprobe" not in ivfpq_spec(100_000, 384)
+
+
+def test_nested_index_finds_neighbours_and_shards_merge(tmp_path):
+    d, nlist = 32, 64
+    x = _unit(8000, d, 1)
+    template = faiss.index_factory(d, coarse.nested_factory(nlist, "PQ32x4fs"), faiss.METRIC_INNER_PRODUCT)
+    coarse.train_two_level(template, x)
+    shards = []
+    for s, (lo, hi) in enumerate([(0, 5000), (5000, 8000)]):
+        index = faiss.clone_index(template)
+        index.add_with_ids(x[lo:hi], np.arange(lo, hi, dtype=np.int64))
+        write_index(index, tmp_path / f"s{s}.faiss")
+        shards.append(tmp_path / f"s{s}.faiss")
+    spec = {"type": "ivfpq", "nprobe": 16, "nlist": nlist, "quantizer_nprobe": 8}
+    merged = read_merged(shards, spec)
+    assert len(merged) == 1 and merged[0].ntotal == 8000
+    whole = faiss.clone_index(template)
+    whole.add_with_ids(x, np.arange(8000, dtype=np.int64))
+    whole.nprobe = 16
+    coarse.set_quantizer_nprobe(whole, 8)
+    q = x[::97]
+    d1, i1 = merged[0].search(q, 20)
+    d2, i2 = whole.search(q, 20)
+    np.testing.assert_allclose(np.sort(d1, axis=1), np.sort(d2, axis=1), rtol=1e-5, atol=1e-5)
+    # 4-bit PQ blurs close neighbours, but each point is among its own 20 best candidates.
+    assert np.mean([i in row for i, row in zip(range(0, 8000, 97), i1)]) > 0.9
