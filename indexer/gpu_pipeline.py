@@ -25,7 +25,6 @@ machines without a GPU.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import queue
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dinoret.indexer.decode import DEFAULT_MAX_PIXELS, sniff_format
-from dinoret.indexer.file_dataset import Batch, FileItem, load_file
+from dinoret.indexer.file_dataset import Batch, FileItem, content_hash, load_file
 from dinoret.indexer.preprocess import Preprocess
 
 _END = object()
@@ -64,7 +63,7 @@ def read_file(path: str, pin: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Raw
     except OSError as e:
         return RawFile(FileItem(path, reason=f"unreadable: {e.strerror or e}"))
     item = FileItem(path, size=st.st_size, mtime=st.st_mtime,
-                    content_hash=hashlib.blake2b(data, digest_size=16).hexdigest())
+                    content_hash=content_hash(data))
     raw = RawFile(item, fmt=sniff_format(data[:16]))
     if not data:
         raw.fmt = None  # the CPU decoder names it ("empty file")

@@ -56,8 +56,8 @@ def _require_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("--precision int8 needs onnxruntime and onnx: pip install 'dinoret[cpu]' "
-                        "(or pip install onnxruntime onnx)") from None
+        raise UserError("int8 precision needs onnxruntime and onnx: pip install 'dinoret[cpu]' "
+                        "(or pip install onnxruntime onnx)", param="precision") from None
     return onnxruntime
 
 
@@ -150,5 +150,5 @@ def int8_forward(model: nn.Module, weights_sha256: str) -> OnnxTrunkForward:
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", param="precision")
     return precision

@@ -2,6 +2,8 @@
 prefetching, and preprocessing close to the CPU path's."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,7 @@ def test_batches_hold_every_file_once_with_reasons(mixed):
     reasons = {f.path.rsplit("/", 1)[1]: f.reason for f in failed}
     assert reasons == {"trunc.jpg": "truncated image", "empty.jpg": "empty file"}  # the CPU decoder's verdicts
     for it in items:
-        assert it.content_hash == content_hash(it.path) and it.width > 0 and it.height > 0
+        assert it.content_hash == content_hash(Path(it.path).read_bytes()) and it.width > 0 and it.height > 0
         # JPEGs decoded on the device carry no pixel hash; the PNG went through the CPU decoder.
         assert (it.pixel_hash is None) == it.path.endswith(".jpg")
 
