@@ -14,6 +14,9 @@ Three measurements, each through torchrun as a user runs it:
 3. **The gather alone**: two ranks send each other nothing but results shaped like a
    step's (file facts + float16 vectors), as fast as they can: the most images/s that
    path can carry to rank 0, for 384-d (ViT-S) and 1536-d (ViT-g) vectors.
+4. **Rank 0's commits alone**: records with their float16 vectors committed as an index
+   run commits them (chunk file, then one LMDB transaction, every 1,024 images): the
+   most images/s one writer takes, whatever the number of ranks feeding it.
 
     python benchmarks/index_distributed.py              # 200 photos
     python benchmarks/index_distributed.py --n 100 --keep /tmp/ddp-bench
@@ -196,8 +199,45 @@ def main() -> None:
         r = json.loads(out.strip().splitlines()[-1])
         print(f"  {dim}-d, batch {batch}: {r['images_per_s']:,.0f} images/s to rank 0 ({r['ms_per_step']:.2f} ms "
               f"per step, {r['bytes_per_image']:.0f} bytes per image, {r['MB_per_s']:.0f} MB/s)")
+
+    n_commit = 50_000
+    rate, chunk_share, dim = commit_rate(work / "commit", n_commit)
+    print(f"rank 0's commits alone: {rate:,.0f} images/s ({n_commit:,} records with {dim}-d float16 vectors, "
+          f"a commit every 1,024); writing the chunk files {100 * chunk_share:.0f}% of that time, "
+          f"the LMDB transactions the rest")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def commit_rate(index_dir: Path, n: int, dim: int = 384) -> tuple[float, float, int]:
+    """Images/s through the index run's Committer (chunk file + LMDB transaction per 1,024),
+    and the share of that time spent writing chunk files."""
+    from dinoret.indexer import commit
+    from dinoret.indexer.layout import IndexPaths
+    from dinoret.indexer.meta import Record
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim)).astype(np.float16)
+    items = [(Record(-1, f"/data/photos/d{i // 100:04d}/img{i:08d}.jpg", 123456, 1.7e9 + i, "%032x" % i,
+                     "%032x" % -~i, 640, 480, -1), vectors[i]) for i in range(n)]
+    real, chunk_s = commit.write_chunk, [0.0]
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            chunk_s[0] += time.perf_counter() - t
+
+    commit.write_chunk = timed
+    t0 = time.perf_counter()
+    try:
+        done = commit.commit_vectors(IndexPaths.of(index_dir), items, shard_size=1_000_000, commit_every=1024)
+    finally:
+        commit.write_chunk = real
+    total = time.perf_counter() - t0
+    assert done == n
+    return n / total, chunk_s[0] / total, dim
 
 
 if __name__ == "__main__":

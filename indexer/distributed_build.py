@@ -23,6 +23,7 @@ the device the model runs on.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -38,6 +39,7 @@ import torch.distributed as dist
 from dinoret.core.distributed import DistContext, all_gather_object, setup, teardown
 from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.build import BuildOptions, RunSummary, default_workers, local_results, run_build
+from dinoret.indexer.decode import VANISHED
 from dinoret.indexer.identity import identity_mismatch
 from dinoret.indexer.index_embedder import index_preprocess
 
@@ -71,11 +73,11 @@ class _Stop:
     """Rank 0's last word: the run's summary, or why it failed."""
 
     summary: RunSummary | None = None
-    error: str | None = None
+    error: UserError | None = None  # raised again on every rank: same message, kind and parameters
 
     def result(self) -> RunSummary:
         if self.error is not None:
-            raise UserError(self.error)
+            raise self.error
         return self.summary
 
 
@@ -110,14 +112,14 @@ class _Lead:
         """``run_build``'s result source on rank 0: hands out the slices, then yields every
         rank's results, batch by batch, in the order of ``todo``."""
         emb = embedder()  # a wrong or missing weights file fails here, before any rank starts
-        world = self.ctx.world_size
         path = emb.backbone.weights_path
         st = os.stat(path)
+        slices = [todo[r::self.ctx.world_size] for r in range(self.ctx.world_size)]
         works = [
-            _Work(roots=self.roots, paths=todo[r::world], known={p: known[p] for p in todo[r::world] if p in known},
-                  total=len(todo), batch_size=opts.batch_size, identity=emb.identity(), weights_path=path,
+            _Work(roots=self.roots, paths=mine, known={p: known[p] for p in mine if p in known}, total=len(todo),
+                  batch_size=opts.batch_size, identity=emb.identity(), weights_path=path,
                   weights_sha256=emb.backbone.weights_sha256, weights_stat=(st.st_size, st.st_mtime))
-            for r in range(world)
+            for mine in slices
         ]
         _scatter(works, self.group)
         self.phase = "embed"
@@ -135,11 +137,11 @@ def _lead(inputs, index_dir, opts: BuildOptions, ctx: DistContext, group) -> Run
     lead = _Lead([os.path.abspath(p) for p in inputs], ctx, group)  # as run_build sees them
     try:
         summary = run_build(inputs, index_dir, opts, source=lead.source)
-    except UserError as e:
-        lead.stop(_Stop(error=str(e)))
-        raise
     except BaseException as e:
-        lead.stop(_Stop(error=f"the index run stopped on rank 0 ({socket.gethostname()}): {type(e).__name__}: {e}"))
+        error = e if isinstance(e, UserError) else UserError(
+            f"the index run stopped on rank 0 ({socket.gethostname()}): {type(e).__name__}: {e}")
+        with contextlib.suppress(Exception):  # the others may be gone already: nothing left to tell
+            lead.stop(_Stop(error=error))
         raise
     lead.stop(_Stop(summary=summary))
     return summary
@@ -207,7 +209,18 @@ def _embed_slice(work: _Work, ctx: DistContext, preprocess: Preprocess, embedder
         dist.gather_object(mine, gathered, dst=0, group=group)
         if rank == 0:
             merged = sorted((r for part in gathered for r in part), key=lambda r: r[0])
+            _check_visible(merged, world)
             yield [(item, vector) for _, item, vector in merged]
+
+
+def _check_visible(results: list[tuple[int, FileItem, np.ndarray | None]], world: int) -> None:
+    """A file another rank could not find but rank 0 sees is a machine without the photos
+    (or with other ones), not a vanished file: stop before it is recorded as skipped (or
+    its record dropped) and say so."""
+    for position, item, _ in results:
+        if item.reason == VANISHED and position % world != 0 and os.path.lexists(item.path):
+            raise UserError(f"rank {position % world} cannot find {item.path}, which rank 0 sees: every machine "
+                            f"needs the photos at the same paths")
 
 
 def _scatter(objs: list, group) -> None:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from dinoret.core.errors import NotFound, UserError
+from dinoret.core.models import build_model
+from dinoret.core.weights import save_backbone
+from dinoret.indexer.decode import VANISHED
+from dinoret.indexer.distributed_build import _check_visible, _load_embedder, _Work
+from dinoret.indexer.embed import Embedder
+from dinoret.indexer.file_dataset import FileItem
+from dinoret.indexer.preprocess import Preprocess
 from dinoret.indexer.build import BuildOptions, build_index
 from dinoret.indexer.meta import MetaStore
 from dinoret.indexer.vectors import list_chunks
@@ -87,6 +96,39 @@ def test_two_ranks_build_the_index_one_process_builds(image_dir, tiny_weights, t
     assert "indexed 2, unchanged 10, removed 1, skipped 1" in out, out
     _same_index(one, two, queries)
 
+    # Refused by rank 0 before any file is read: every rank stops with the message, none hangs.
+    proc = _torchrun(image_dir, two, tiny_weights, "--model", "dinov2_vitb14")
+    out = _finish(proc, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], out[-3000:]  # rank 0's, word for word
+    assert errors[0].startswith("error: the index was built with tiny, not dinov2_vitb14")
+
+
+def _work(weights: Path, identity: dict, stat: tuple[int, float]) -> _Work:
+    return _Work(roots=[], paths=[], known={}, total=0, batch_size=1, identity=identity, weights_path=str(weights),
+                 weights_sha256=identity["weights_sha256"], weights_stat=stat)
+
+
+def test_a_rank_loads_the_weights_rank_0_uses_or_says_why_not(tiny_weights, tmp_path):
+    emb = Embedder.load(None, str(tiny_weights), Preprocess(), "cpu")
+    st = tiny_weights.stat()
+    same = _load_embedder(_work(tiny_weights, emb.identity(), (st.st_size, st.st_mtime)), "cpu")
+    assert same.identity() == emb.identity()
+    # A copy with another mtime (another machine) is hashed and accepted for its sha256.
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(tiny_weights.read_bytes())
+    assert _load_embedder(_work(copy, emb.identity(), (st.st_size, st.st_mtime)), "cpu").identity() == emb.identity()
+    # Other bytes at that path are refused, whatever rank 0's stat says.
+    other = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    save_backbone(other, build_model("dinov2_vits14", embed_dim=64, depth=2, num_heads=2, img_size=224), name="tiny")
+    st_other = other.stat()
+    with pytest.raises(UserError, match="do not match the index"):
+        _load_embedder(_work(other, emb.identity(), (st_other.st_size, st_other.st_mtime + 1)), "cpu")
+    with pytest.raises(NotFound, match="every machine needs it at the same path"):
+        _load_embedder(_work(tmp_path / "gone.pth", emb.identity(), (0, 0.0)), "cpu")
+
 
 def _rank_pid(agent: int, rank: int) -> int | None:
     """The process torchrun (pid ``agent``) started for ``rank``."""
@@ -143,3 +185,12 @@ def test_kill_9_of_any_rank_fails_the_job_and_a_rerun_finishes_it(tmp_path, vits
                                                       progress=False))
     assert (summary.indexed, summary.unchanged, len(summary.skipped)) == (n - second, second, 0)
     _check_exactly_once(idx, photos)
+
+
+def test_a_file_only_rank_0_sees_stops_the_run_instead_of_being_skipped(tmp_path):
+    seen = make_image(tmp_path / "a.jpg", seed=0)
+    gone = tmp_path / "gone.jpg"
+    _check_visible([(1, FileItem(str(gone), reason=VANISHED), None), (2, FileItem(str(seen), reason=VANISHED), None)],
+                   world=2)  # really vanished (rank 1), or read by rank 0 itself: recorded as skipped
+    with pytest.raises(UserError, match=f"rank 1 cannot find {seen}, which rank 0 sees"):
+        _check_visible([(3, FileItem(str(seen), reason=VANISHED), None)], world=2)
