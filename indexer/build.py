@@ -21,7 +21,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from dinoret.core.distributed import env_world_size
 from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.catalog import RunRow, SkippedRow, display_path, open_catalog, read_info, read_shards
 from dinoret.indexer.commit import Committer, create_info
@@ -43,10 +44,12 @@ from dinoret.indexer.vectors import remove_uncommitted
 from dinoret.indexer.writer_lock import writer_lock
 
 if TYPE_CHECKING:
+    import numpy as np
+
     # torch (seconds to import) comes in only with the first file to read: a re-run with
     # nothing changed never imports it.
     from dinoret.indexer.embed import Embedder
-    from dinoret.indexer.file_dataset import FileItem
+    from dinoret.indexer.file_dataset import Batch, FileItem
     from dinoret.indexer.preprocess import Preprocess
 
 DEFAULT_MODEL = "dinov2_vits14"
@@ -141,41 +144,72 @@ def _plan(roots: list[str], exclude: Path, meta: MetaStore, skipped: dict[str, s
     return plan
 
 
-def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder], meta: MetaStore,
-           committer: Committer, opts: BuildOptions, skipped: dict[str, str]) -> int:
-    """Reads, embeds and commits ``plan.todo``; returns how many turned out unchanged (same
-    bytes, new mtime). ``embedder()`` is called, and the model loaded, only for a file that
-    needs embedding."""
+# Where the results of a run come from: this process (``local_results``) or, under torchrun,
+# every rank (``dinoret.indexer.distributed_build``). Called as (todo, known, preprocess,
+# embedder, opts); yields lists of results. A result is what reading one file came to:
+# (item, its vector) for an embedded file, (item, None) for a failed one (``item.reason``)
+# or one whose bytes are the indexed ones (``item.unchanged``).
+ResultSource = Callable[..., Iterable[list]]
+
+
+def batch_results(batch: Batch, embedder: Callable[[], Embedder]) -> list[tuple[FileItem, np.ndarray | None]]:
+    """The results of one loader batch (failed, unchanged, then embedded files); the model is
+    asked for (``embedder()``) only if a file in it needs embedding."""
+    out = [(item, None) for item in batch.failed] + [(item, None) for item in batch.unchanged]
+    for tensor, items in batch.groups:
+        out += zip(items, embedder().embed_batch(tensor))
+    return out
+
+
+def local_results(todo: list[str], known: dict[str, str], preprocess: Preprocess,
+                  embedder: Callable[[], Embedder], opts: BuildOptions) -> Iterator[list[tuple[FileItem, np.ndarray | None]]]:
+    """Read and embed ``todo`` in this process (decoding in DataLoader workers), a batch at a time."""
     from dinoret.indexer.file_dataset import file_loader
 
     workers = default_workers() if opts.workers is None else opts.workers
     loader = None
-    if opts.gpu_decode and plan.todo and not plan.known:
+    if opts.gpu_decode and todo and not known:
         from dinoret.core.devices import resolve_device
 
         if resolve_device(opts.device).type == "cuda":
             from dinoret.indexer.gpu_pipeline import gpu_batches  # JPEG decode and resize on the GPU
 
-            loader = gpu_batches(plan.todo, preprocess, opts.batch_size, embedder().device)
+            loader = gpu_batches(todo, preprocess, opts.batch_size, embedder().device)
     if loader is None:
-        loader = file_loader(plan.todo, preprocess, opts.batch_size, workers, known=plan.known)
+        loader = file_loader(todo, preprocess, opts.batch_size, workers, known=known)
+    for batch in loader:
+        yield batch_results(batch, embedder)
+
+
+def apply_results(results: list[tuple[FileItem, np.ndarray | None]], meta: MetaStore, committer: Committer, skipped: dict[str, str]) -> int:
+    """Queue ``results`` for the next commit; returns how many turned out unchanged (same bytes)."""
+    same_bytes = 0
+    for item, vector in results:
+        if item.reason is not None:
+            skipped[item.path] = item.reason
+            old = meta.id_for_path(item.path)
+            if old is not None:  # it was indexed and is now unreadable: drop it
+                committer.deleted.append(old)
+        elif item.unchanged:
+            # Touched, not changed: keep id and vector, record the new stat.
+            old = meta.record_for_path(item.path)
+            committer.touched.append(replace(old, size=item.size, mtime=item.mtime))
+            same_bytes += 1
+        else:
+            committer.add(_record(item), vector)
+    return same_bytes
+
+
+def _embed(plan: _Plan, preprocess: Preprocess, embedder: Callable[[], Embedder], meta: MetaStore,
+           committer: Committer, opts: BuildOptions, skipped: dict[str, str], source: ResultSource) -> int:
+    """Reads, embeds and commits ``plan.todo``; returns how many turned out unchanged (same
+    bytes, new mtime). ``embedder()`` is called, and the model loaded, only for a file that
+    needs embedding."""
     same_bytes = 0
     with tqdm(total=len(plan.todo), unit="img", desc="embedding", disable=not opts.progress, smoothing=0.1) as bar:
-        for batch in loader:
-            for item in batch.failed:
-                skipped[item.path] = item.reason
-                old = meta.id_for_path(item.path)
-                if old is not None:  # it was indexed and is now unreadable: drop it
-                    committer.deleted.append(old)
-            for item in batch.unchanged:
-                # Touched, not changed: keep id and vector, record the new stat.
-                old = meta.record_for_path(item.path)
-                committer.touched.append(replace(old, size=item.size, mtime=item.mtime))
-            same_bytes += len(batch.unchanged)
-            for tensor, items in batch.groups:
-                for item, vector in zip(items, embedder().embed_batch(tensor)):
-                    committer.add(_record(item), vector)
-            bar.update(sum(len(items) for _, items in batch.groups) + len(batch.failed) + len(batch.unchanged))
+        for results in source(plan.todo, plan.known, preprocess, embedder, opts):
+            same_bytes += apply_results(results, meta, committer, skipped)
+            bar.update(len(results))
             committer.maybe_commit()
     committer.commit()
     return same_bytes
@@ -198,8 +232,21 @@ def _record_skipped(engine, run_id: int, roots: list[str], skipped: dict[str, st
 
 
 def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, opts: BuildOptions | None = None) -> RunSummary:
-    """Index the images under ``inputs`` into ``index_dir`` (created if needed)."""
+    """Index the images under ``inputs`` into ``index_dir`` (created if needed).
+
+    Under torchrun every process calls this with the same arguments: the ranks share the
+    reading and embedding, rank 0 alone writes (:mod:`dinoret.indexer.distributed_build`)."""
     opts = opts or BuildOptions()
+    if env_world_size() > 1:
+        from dinoret.indexer.distributed_build import build_on_ranks
+
+        return build_on_ranks(inputs, index_dir, opts)
+    return run_build(inputs, index_dir, opts)
+
+
+def run_build(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, opts: BuildOptions,
+              source: ResultSource = local_results) -> RunSummary:
+    """The run itself, in the one process that writes; ``source`` reads and embeds the files to do."""
     t0 = time.perf_counter()
     paths = IndexPaths.of(index_dir)
     roots = [os.path.abspath(p) for p in inputs]
@@ -251,7 +298,8 @@ def build_index(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLik
             t_embed = time.perf_counter()
             same_bytes = 0
             if plan.todo:
-                same_bytes = _embed(plan, index_preprocess(info.identity), get_embedder, meta, committer, opts, skipped)
+                same_bytes = _embed(plan, index_preprocess(info.identity), get_embedder, meta, committer, opts, skipped,
+                                    source)
             embed_s = time.perf_counter() - t_embed
             sync = sync_shards(paths, engine, meta, info.identity["dim"], forced=opts.index_type,
                                flat_max=opts.flat_max, show_progress=opts.progress)

@@ -72,11 +72,14 @@ class Decoded:
     height: int
 
 
+VANISHED = "file vanished"  # found by the walk, gone when read
+
+
 def _reason_for_oserror(e: OSError, path: Path | None) -> str:
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     if e.errno == errno.ENOENT:
-        return "broken symlink" if path is not None and path.is_symlink() else "file vanished"
+        return "broken symlink" if path is not None and path.is_symlink() else VANISHED
     if e.errno == errno.ELOOP:
         return "symlink loop"
     msg = str(e).lower()

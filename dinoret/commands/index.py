@@ -56,12 +56,17 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
     dinov2_vits14), fetched once into the torch hub cache. A later run reads only new or
     changed files and loads the model only if one needs embedding.
 
+    Under torchrun every process embeds a share of the files and rank 0 writes the
+    index (the photos must be at the same paths on every machine).
+
     \b
     Example:
       dinoret index ./photos
       dinoret index ./photos ./more --index /data/idx --weights teacher_backbone.pth
       dinoret index ./photos --precision int8 --index ./idx8   # the faster CPU path
+      torchrun --nproc_per_node=8 -m dinoret index /data/photos --index /data/idx
     """
+    from dinoret.core.distributed import env_rank
     from dinoret.indexer.build import BuildOptions, build_index
 
     opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, precision=precision,
@@ -69,5 +74,7 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
                         workers=workers, index_type=index_type, shard_size=shard_size, commit_every=commit_every,
                         progress=not quiet)
     summary = build_index(paths, index_dir, opts)
+    if env_rank() != 0:
+        return  # every rank has the summary; rank 0 prints it
     for line in _summary_lines(summary):
         click.echo(line)

@@ -1,0 +1,90 @@
+"""torch.distributed from the ``torchrun`` environment; the same code runs as one process.
+
+Shared by training (DDP/FSDP, ``dinoret.trainer.distributed``) and indexing
+(``dinoret.indexer.distributed_build``). torch is imported inside the functions that need
+it: an index run that finds nothing to do asks :func:`env_world_size` and
+:func:`env_rank` and must not pay for importing torch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def env_world_size() -> int:
+    """How many processes torchrun started for this job (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False  # this module started the process group (and so ends it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto", backend: str | None = None, timeout: timedelta = timedelta(minutes=30)) -> DistContext:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process.
+
+    ``device``: "auto" and "cuda" become this process's own GPU (``cuda:LOCAL_RANK``).
+    ``backend``: None picks NCCL for CUDA and gloo otherwise. A group that already exists
+    is joined as it is (and left to whoever started it)."""
+    import torch
+    import torch.distributed as dist
+
+    from dinoret.core.devices import resolve_device
+
+    world = env_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(dev)
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
+        backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=dev if backend == "nccl" else None)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistContext(rank, dist.get_world_size() if dist.is_initialized() else 1, local_rank, dev, owns)
+
+
+def teardown(ctx: DistContext) -> None:
+    import torch.distributed as dist
+
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_object(obj: object, group=None) -> list:
+    """``obj`` of every rank, by rank (``[obj]`` in a single process); ``group``: None for all ranks."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
