@@ -79,8 +79,11 @@ class VectorStore:
                     self._maps[i] = arr
         return arr
 
-    def get(self, ids) -> np.ndarray:
-        """float32 [n, D], L2-normalised again after the float16 rounding, for committed ``ids``."""
+    def get(self, ids, normalise: bool = True) -> np.ndarray:
+        """float32 [n, D], L2-normalised again after the float16 rounding, for committed ``ids``.
+
+        ``normalise=False`` gives the stored float16 values exactly (curation sums them
+        exactly in float64, so that any split of the work over processes adds up alike)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -102,7 +105,8 @@ class VectorStore:
                 out = np.empty((len(ids), arr.shape[1]), dtype=np.float32)
             order = np.argsort(rows)  # reads in file order are kinder to the page cache
             out[sel[order]] = arr[rows[order]]
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if normalise:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def _covers(self, ids: np.ndarray) -> bool:

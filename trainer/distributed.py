@@ -6,51 +6,14 @@ update pairs local shards.
 """
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dinoret.core.devices import resolve_device
-
-
-@dataclass
-class DistContext:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool = False  # this module started the process group (and so ends it)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(device: str = "auto") -> DistContext:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-        torch.cuda.set_device(dev)
-    owns = world > 1 and not dist.is_initialized()
-    if owns:
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30),
-                                device_id=dev if dev.type == "cuda" else None)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistContext(rank, dist.get_world_size() if dist.is_initialized() else 1, local_rank, dev, owns)
-
-
-def teardown(ctx: DistContext) -> None:
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+# The process-group plumbing is shared with curation (retrieval must not import the trainer).
+from dinoret.core.distributed import DistContext, all_gather_object, barrier, setup, teardown  # noqa: F401
 
 
 def choose_mode(requested: str, embed_dim: int, world_size: int) -> str:
@@ -84,14 +47,6 @@ def wrap(meta: nn.Module, mode: str, ctx: DistContext) -> None:
             fully_shard(model, mesh=mesh)
 
 
-def all_gather_object(obj: object) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Loss terms averaged over ranks (one all-reduce for all of them)."""
     keys = sorted(values)
@@ -100,8 +55,3 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
         dist.all_reduce(stacked)
         stacked /= dist.get_world_size()
     return dict(zip(keys, stacked.tolist()))
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

@@ -1,0 +1,388 @@
+"""Spherical k-means (cosine on L2-normalised vectors), deterministic for a seed, in one
+process or sharded over many under ``torchrun``.
+
+*Assignment* is exact: Faiss inner-product search on a CPU, torch matmuls on a GPU, over
+rows read ``BLOCK`` at a time (never all of them as float32 at once).
+
+*Sharding*: the rows are cut into one global grid of ``BLOCK``-row blocks and each rank
+takes a contiguous run of blocks. Ranks all-reduce the per-cluster sums (float64: exact
+for the stored float16 vectors, so the order of the additions cannot change a bit) and
+counts, and gather the labels (4 bytes a row). Every random choice is then made from these
+global quantities by the same generator on every rank, and a block's search is the same
+call whichever rank runs it: two processes find exactly the clusters one process finds.
+
+*Seeding* is greedy k-means++ (the best of a few candidates per centre) with the candidates
+drawn by D⁴ rather than D², on the rows, or a sample of them, held in memory; for a very
+large k, the same sampling in rounds that double the number of centres. Such seeding puts
+centres in sparse regions too, which a long tail needs; seeding at random rows puts them
+where the data is dense.
+
+*Large k on a CPU* (n·k above ``TWO_STAGE_WORK``): two stages, as in Faiss's two-level
+clustering. The rows are first split into about sqrt(k) cells by k-means, then each cell
+gets k-means with a share of the k clusters proportional to its distortion (the sum of
+1 - cosine of its rows to the cell centre, the D² mass k-means++ samples by), so the cost
+per row is ~2 sqrt(k) dot products instead of k. Cells are spread over the ranks.
+
+*Resampling steps* (Vo et al. 2024): take ``resample_points`` rows of every cluster (the
+closest to the centroid or random), run k-means on that balanced set starting from the
+current centroids, then reassign every row to the new centroids. Dense regions then no
+longer pull centroids to themselves by their mass alone.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from dinoret.core.distributed import all_gather_object, all_reduce_sum_
+from dinoret.core.errors import UserError
+from dinoret.retrieval.vector_rows import ArrayRows, Rows
+
+BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
+# Above this many row x centroid products a CPU level is computed in two stages: one exact
+# pass would cost minutes on a laptop (1M x 10,000 x 384-d is ~4 min on 2 cores).
+TWO_STAGE_WORK = 1 << 28
+GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
+SPLIT_EPS = 1e-3
+# New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
+# k-means++'s D²: on a long tail a big, spread-out cluster holds most of the D² mass and draws
+# several centres while small clusters far away get none (tests/test_curate.py's toy tail: the
+# planted clusters found from 14 of 20 seeds with D², 20 of 20 with D⁴).
+SEED_POWER = 2
+SEQUENTIAL_SEED_MAX = 4096  # centres seeded one by one (greedy k-means++); more: in doubling rounds
+SEED_SAMPLE = 65536  # rows seeding may hold in memory (at least SEED_PER_CLUSTER per centre)
+SEED_PER_CLUSTER = 40
+STRATEGIES = ("closest", "random")
+
+Tick = Callable[[int], None]
+
+
+def _no_tick(_n: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the rows: a contiguous run of the global block grid."""
+
+    rank: int = 0
+    world: int = 1
+
+    def blocks(self, n: int) -> list[tuple[int, int]]:
+        nb = -(-n // BLOCK)
+        lo, hi = nb * self.rank // self.world, nb * (self.rank + 1) // self.world
+        return [(b * BLOCK, min(n, (b + 1) * BLOCK)) for b in range(lo, hi)]
+
+
+ONE = Shard()
+
+
+@dataclass
+class KMeansParams:
+    iters: int = 10  # Lloyd iterations (fewer when the labels stop changing)
+    resample_steps: int = 0
+    resample_points: int = 10  # rows per cluster in a resampling step
+    resample_strategy: str = "closest"  # closest | random
+    device: torch.device = torch.device("cpu")
+
+
+@dataclass
+class KMeansResult:
+    centroids: np.ndarray  # float32 [k, D], unit norm
+    labels: np.ndarray  # int32 [n]: nearest centroid of each row
+    sims: np.ndarray  # float32 [n]: cosine of each row to that centroid
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class _Nearest:
+    """Exact nearest centroid by inner product: Faiss on a CPU, a torch matmul on a GPU."""
+
+    def __init__(self, centroids: np.ndarray, device: torch.device) -> None:
+        c = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.device = device
+        if device.type == "cuda":
+            self.c = torch.from_numpy(c).to(device)
+            self.rows = max(1, GPU_SCORE_BYTES // (4 * len(c)))
+        else:
+            import faiss
+
+            self.index = faiss.IndexFlatIP(c.shape[1])
+            self.index.add(c)
+
+    def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inner product, index) of the nearest centroid of each row of ``x``; ties go to the lower index."""
+        if self.device.type != "cuda":
+            ip, idx = self.index.search(np.ascontiguousarray(x), 1)
+            return ip[:, 0], idx[:, 0].astype(np.int32)
+        xt = torch.from_numpy(x).to(self.device)
+        ips, idxs = [], []
+        for s in range(0, len(xt), self.rows):
+            m, a = (xt[s : s + self.rows] @ self.c.T).max(dim=1)
+            ips.append(m)
+            idxs.append(a)
+        return torch.cat(ips).cpu().numpy(), torch.cat(idxs).cpu().numpy().astype(np.int32)
+
+
+def _gather(parts: list, n: int, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+    if shard.world > 1:
+        parts = [p for rank_parts in all_gather_object(parts) for p in rank_parts]
+    labels = np.empty(n, np.int32)
+    sims = np.empty(n, np.float32)
+    for start, lab, sim in parts:
+        labels[start : start + len(lab)] = lab
+        sims[start : start + len(lab)] = sim
+    return labels, sims
+
+
+def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard, accumulate: bool, tick: Tick):
+    """One pass over this shard's blocks: nearest centroid and cosine of every row (gathered
+    over ranks) and, with ``accumulate``, the per-cluster float64 sums and counts (all-reduced)."""
+    nearest = _Nearest(centroids, device)
+    k, d = centroids.shape
+    if accumulate:
+        sums = torch.zeros((k, d), dtype=torch.float64, device=device)
+        counts = torch.zeros(k, dtype=torch.int64, device=device)
+    parts = []
+    for start, stop in shard.blocks(rows.n):
+        x = rows.fetch(slice(start, stop))
+        ip, lab = nearest.search(x)
+        sims = (ip / np.maximum(np.linalg.norm(x, axis=1), 1e-12)).astype(np.float32)
+        parts.append((start, lab, sims))
+        if accumulate:
+            li = torch.from_numpy(lab.astype(np.int64)).to(device)
+            sums.index_add_(0, li, torch.from_numpy(x).to(device, torch.float64))
+            counts += torch.bincount(li, minlength=k)
+        tick(stop - start)
+    labels, sims = _gather(parts, rows.n, shard)
+    if not accumulate:
+        return labels, sims
+    if shard.world > 1:
+        all_reduce_sum_(sums)
+        all_reduce_sum_(counts)
+    return labels, sims, sums.cpu().numpy(), counts.cpu().numpy()
+
+
+def assign(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard = ONE,
+           tick: Tick = _no_tick) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid, cosine to it) of every row."""
+    return _pass(rows, np.asarray(centroids, np.float32), device, shard, False, tick)
+
+
+def _split_into_empty(c: np.ndarray, counts: np.ndarray, empty: np.ndarray, rng: np.random.Generator) -> None:
+    """Re-seed each empty cluster by splitting the largest one in two (nudged apart along a
+    random direction), as Faiss does; in place."""
+    counts = counts.copy()
+    for j in np.flatnonzero(empty):
+        i = int(np.argmax(counts))
+        if counts[i] < 2:
+            return
+        nudge = rng.standard_normal(c.shape[1]).astype(np.float32) * SPLIT_EPS
+        c[j], c[i] = _unit(c[i] + nudge), _unit(c[i] - nudge)
+        counts[j] = counts[i] // 2
+        counts[i] -= counts[j]
+
+
+def _centroids(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    c = previous.copy()
+    norms = np.linalg.norm(sums, axis=1)
+    live = (counts > 0) & (norms > 0)
+    c[live] = (sums[live] / norms[live, None]).astype(np.float32)
+    _split_into_empty(c, counts, ~live, rng)
+    return c
+
+
+def lloyd(rows: Rows, centroids: np.ndarray, iters: int, device: torch.device, shard: Shard,
+          rng: np.random.Generator, tick: Tick = _no_tick) -> KMeansResult:
+    """Lloyd iterations from ``centroids``; stops early when no label changes. The labels
+    returned are those of the returned centroids."""
+    c = np.asarray(centroids, np.float32)
+    prev = None
+    for _ in range(iters):
+        labels, sims, sums, counts = _pass(rows, c, device, shard, True, tick)
+        if prev is not None and np.array_equal(labels, prev):
+            return KMeansResult(c, labels, sims)  # a fixed point: c is already the mean of these labels
+        c = _centroids(sums, counts, c, rng)
+        prev = labels
+    labels, sims = _pass(rows, c, device, shard, False, tick)
+    return KMeansResult(c, labels, sims)
+
+
+def _weighted_sample(weights: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` distinct positions drawn with probability proportional to ``weights``
+    (Efraimidis-Spirakis keys); positions of zero weight only when nothing else is left."""
+    u = rng.random(len(weights))
+    with np.errstate(divide="ignore"):
+        keys = np.where(weights > 0, np.log(u) / np.maximum(weights, 1e-300), -np.inf)
+    ties = np.lexsort((np.arange(len(keys)), -keys))  # best key first; equal keys by position
+    return ties[:m]
+
+
+def _greedy_plusplus(x: torch.Tensor, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ on rows in memory (unit vectors): each new centre is the best, by
+    the remaining D² potential, of 2 + ln k candidates drawn by D⁴. Returns row numbers."""
+    m = len(x)
+    trials = 2 + int(math.log(k))
+    chosen = [int(rng.integers(m))]
+    best = x @ x[chosen[0]]
+    for _ in range(k - 1):
+        w = (1.0 - best).clamp_min(0).double().cpu().numpy() ** SEED_POWER
+        w[chosen] = 0.0
+        if w.sum() <= 0:  # every row sits on a centre: any other row will do
+            w = np.ones(m)
+            w[chosen] = 0.0
+        cands = rng.choice(m, size=trials, p=w / w.sum())
+        cand_best = torch.maximum(best[:, None], x @ x[torch.from_numpy(cands).to(x.device)].T)
+        j = int(torch.argmin((1.0 - cand_best).sum(dim=0)))
+        chosen.append(int(cands[j]))
+        best = cand_best[:, j]
+    return np.asarray(chosen)
+
+
+def _doubling_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device, shard: Shard,
+                       tick: Tick) -> np.ndarray:
+    """k-means++ in rounds that double the number of centres (each round samples as many new
+    centres as there are, by D⁴): about one Lloyd pass in all, for k too large to seed one by one."""
+    first = int(rng.integers(rows.n))
+    chosen = [first]
+    new = _unit(rows.fetch(np.array([first])))
+    best = None
+    while True:
+        _, sims = _pass(rows, new, device, shard, False, tick)
+        best = sims if best is None else np.maximum(best, sims)
+        if len(chosen) >= k:
+            return np.asarray(chosen)
+        weights = np.maximum(1.0 - best.astype(np.float64), 0.0) ** SEED_POWER
+        weights[chosen] = 0.0
+        if not (weights > 0).any():
+            weights = np.ones(rows.n)
+            weights[chosen] = 0.0
+        pick = _weighted_sample(weights, min(k - len(chosen), len(chosen)), rng)
+        chosen.extend(pick.tolist())
+        new = _unit(rows.fetch(pick))
+
+
+def seed_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device, shard: Shard = ONE,
+                  tick: Tick = _no_tick) -> np.ndarray:
+    """k initial centres (unit vectors) by k-means++ seeding.
+
+    Up to ``SEQUENTIAL_SEED_MAX`` centres: greedy k-means++ one centre at a time on a sample
+    of the rows held in memory (all of them up to ``SEED_SAMPLE`` rows; a pool that large
+    has no cluster the sample would miss that k this small could afford). Beyond: doubling
+    rounds over all rows."""
+    if k > SEQUENTIAL_SEED_MAX:
+        return _unit(rows.fetch(_doubling_plusplus(rows, k, rng, device, shard, tick)))
+    m = min(rows.n, max(SEED_SAMPLE, SEED_PER_CLUSTER * k))
+    sample = np.arange(rows.n) if m == rows.n else np.sort(rng.choice(rows.n, m, replace=False))
+    x = torch.from_numpy(_unit(rows.fetch(sample))).to(device)
+    tick(m)
+    return x[torch.from_numpy(_greedy_plusplus(x, k, rng)).to(device)].cpu().numpy()
+
+
+def resample_rows(labels: np.ndarray, sims: np.ndarray, points: int, strategy: str,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Up to ``points`` rows of every cluster, ascending: those closest to their centroid or random ones."""
+    n = len(labels)
+    if strategy == "closest":
+        order = np.lexsort((np.arange(n), -sims, labels))
+    elif strategy == "random":
+        order = np.lexsort((rng.random(n), labels))
+    else:
+        raise UserError(f"unknown resampling strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
+    sorted_labels = labels[order]
+    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank_in_cluster = np.arange(n) - first
+    return np.sort(order[rank_in_cluster < points])
+
+
+def _resample(rows: Rows, res: KMeansResult, params: KMeansParams, rng: np.random.Generator, shard: Shard,
+              tick: Tick) -> KMeansResult:
+    pick = resample_rows(res.labels, res.sims, params.resample_points, params.resample_strategy, rng)
+    sub = ArrayRows(rows.fetch(pick), exact_sums=rows.exact_sums)
+    c = lloyd(sub, res.centroids, params.iters, params.device, ONE, rng).centroids
+    labels, sims = _pass(rows, c, params.device, shard, False, tick)
+    return KMeansResult(c, labels, sims)
+
+
+def allocate(total: int, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Integer shares of ``total``, proportional to ``weights``, at least 1 and at most ``caps``
+    where ``caps`` > 0, summing to ``total`` (largest remainders first; ties to the lower index)."""
+    caps = np.asarray(caps, np.int64)
+    w = np.where(caps > 0, np.maximum(np.asarray(weights, np.float64), 0.0), 0.0)
+    if w.sum() <= 0:
+        w = caps.astype(np.float64)
+    ideal = total * w / w.sum()
+    x = np.minimum(np.maximum(np.floor(ideal).astype(np.int64), (caps > 0).astype(np.int64)), caps)
+    while x.sum() < total:
+        gap = np.where(x < caps, ideal - x, -np.inf)
+        if not np.isfinite(gap).any():
+            raise ValueError(f"cannot place {total} in caps summing to {caps.sum()}")
+        x[int(np.argmax(gap))] += 1
+    while x.sum() > total:
+        gap = np.where(x > 1, ideal - x, np.inf)
+        x[int(np.argmin(gap))] -= 1
+    return x
+
+
+def _owners(costs: np.ndarray, world: int) -> np.ndarray:
+    """Which rank does each cell: largest first, to the least-loaded rank (deterministic)."""
+    load = np.zeros(world)
+    owner = np.zeros(len(costs), np.int64)
+    for c in np.lexsort((np.arange(len(costs)), -costs)):
+        r = int(np.argmin(load))
+        owner[c] = r
+        load[r] += costs[c]
+    return owner
+
+
+def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Shard, tick: Tick) -> KMeansResult:
+    g = max(2, int(round(math.sqrt(k))))
+    coarse = spherical_kmeans(rows, g, replace(params, resample_steps=0), (*seed, 0), shard, tick)
+    order = np.argsort(coarse.labels, kind="stable")
+    bounds = np.searchsorted(coarse.labels[order], np.arange(g + 1))
+    sizes = np.diff(bounds)
+    distortion = np.bincount(coarse.labels, weights=1.0 - coarse.sims.astype(np.float64), minlength=g)
+    shares = allocate(k, sizes, distortion)
+    owner = _owners(sizes.astype(np.float64) * shares, shard.world)
+    mine = {}
+    for c in range(g):
+        if shares[c] and owner[c] == shard.rank:
+            cell = rows.subset(order[bounds[c] : bounds[c + 1]])
+            mine[c] = spherical_kmeans(cell, int(shares[c]), params, (*seed, c + 1), ONE, tick)
+    if shard.world > 1:
+        mine = {c: r for part in all_gather_object(mine) for c, r in part.items()}
+    labels = np.empty(rows.n, np.int32)
+    sims = np.empty(rows.n, np.float32)
+    offset = 0
+    for c in range(g):
+        if shares[c]:
+            members = order[bounds[c] : bounds[c + 1]]
+            labels[members] = mine[c].labels + offset
+            sims[members] = mine[c].sims
+            offset += int(shares[c])
+    return KMeansResult(np.concatenate([mine[c].centroids for c in range(g) if shares[c]]), labels, sims)
+
+
+def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, seed: tuple | int = 0,
+                     shard: Shard = ONE, tick: Tick = _no_tick) -> KMeansResult:
+    """k clusters of ``rows`` (cosine): k-means++ seeding, Lloyd iterations, then
+    ``params.resample_steps`` resampling steps. Deterministic for ``seed`` (an int or a
+    tuple of ints) and the same for any ``shard`` split of the rows."""
+    params = params or KMeansParams()
+    seed = (seed,) if isinstance(seed, int) else tuple(seed)
+    if not 1 <= k <= rows.n:
+        raise UserError(f"cannot make {k} clusters of {rows.n} vectors: more clusters than points")
+    if params.device.type != "cuda" and k >= 16 and rows.n * k > TWO_STAGE_WORK:
+        return _two_stage(rows, k, params, seed, shard, tick)
+    rng = np.random.default_rng(list(seed))
+    res = lloyd(rows, seed_plusplus(rows, k, rng, params.device, shard, tick), params.iters, params.device, shard,
+                rng, tick)
+    for _ in range(params.resample_steps):
+        res = _resample(rows, res, params, rng, shard, tick)
+    return res
