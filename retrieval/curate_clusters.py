@@ -87,3 +87,28 @@ def index_clustering(reader, device: torch.device | str = "cpu") -> tuple[Hierar
     if len(h.ids) == 0:
         raise UserError(f"the index at {reader.root} has no images left")
     return h, row, change_notes(added, removed, row.n_images)
+
+
+REP_CANDIDATES = 4096  # images of a big cluster looked at for its representatives
+
+
+def members_by_cluster(h: Hierarchy, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): the images of cluster c at ``level`` are ``order[bounds[c]:bounds[c+1]]``."""
+    lab = h.cluster_of(level)
+    order = np.argsort(lab, kind="stable")
+    return order, np.searchsorted(lab[order], np.arange(h.levels[level - 1] + 1))
+
+
+def representatives(reader, h: Hierarchy, level: int, cluster: int, members: np.ndarray, m: int = 6) -> np.ndarray:
+    """The ``m`` images (positions into ``h.ids``) of a cluster nearest its centroid, nearest
+    first. Above the leaves the candidates of a very large cluster are the REP_CANDIDATES
+    images closest to their own leaf centroids."""
+    if len(members) == 0:
+        return members
+    if level == 1:
+        sims = h.sims[members]
+    else:
+        if len(members) > REP_CANDIDATES:
+            members = members[np.argsort(-h.sims[members], kind="stable")[:REP_CANDIDATES]]
+        sims = reader.vectors(h.ids[members]) @ h.centroids[level - 1][cluster]
+    return members[np.lexsort((members, -sims))[:m]]

@@ -67,14 +67,14 @@ def _index_items(reader) -> _Items:
 
 
 def _folder_items(reader, paths: Sequence[str | os.PathLike], device: str, weights: str | None,
-                  progress: bool) -> tuple[_Items, list[tuple[str, str]]]:
+                  progress: bool, option: str = "--against") -> tuple[_Items, list[tuple[str, str]]]:
     """Embed image files exactly as the index was (same decoder, model, preprocessing)."""
     from dinoret.indexer.file_dataset import file_loader
 
     emb = reader.embedder(device=device, weights=weights)
     workers = min(4, (os.cpu_count() or 2) // 2) if len(paths) > 64 else 0
     items, vecs, skipped = [], [], []
-    with tqdm(total=len(paths), desc="embedding --against", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(paths), desc=f"embedding {option}", unit="img", disable=not progress) as bar:
         for batch in file_loader([str(p) for p in paths], emb.preprocess, batch_size=32, workers=workers):
             skipped += [(f.path, f.reason) for f in batch.failed]
             for tensor, members in batch.groups:
@@ -134,7 +134,11 @@ def _against_groups(items: _Items, other: _Items, threshold: float, method: str,
     return groups, {"exact_matches": n_exact, "near_edges": int(len(src))}
 
 
-def _open_against(reader, against, device: str, weights: str | None, progress: bool) -> tuple[_Items, dict]:
+def open_other_set(reader, against, device: str, weights: str | None, progress: bool,
+                   option: str = "--against") -> tuple[_Items, dict]:
+    """Another image set as ``against_source`` gives it (an index made with the same model,
+    or image paths embedded with this index's model), with its vectors; ``option`` names it
+    in messages. Also used by curation (--seeds, --exclude)."""
     from dinoret.retrieval.index import IndexReader
 
     if isinstance(against, IndexReader):
@@ -142,13 +146,13 @@ def _open_against(reader, against, device: str, weights: str | None, progress: b
 
         problem = identity_mismatch(reader.identity, against.identity)
         if problem:
-            raise UserError(f"--against index {against.root} is not comparable: {problem}")
+            raise UserError(f"{option} index {against.root} is not comparable: {problem}")
         items = _index_items(against)
         # Its ids number another index's images: in this index's report (and the web UI, which
         # serves images by id) they would name the wrong files, so external items carry none.
         items.ids = None
         return items, {"against_images": len(items)}
-    items, skipped = _folder_items(reader, list(against), device, weights, progress)
+    items, skipped = _folder_items(reader, list(against), device, weights, progress, option)
     return items, {"against_images": len(items), "against_skipped": len(skipped)}
 
 
@@ -187,7 +191,7 @@ def find_duplicates(
     }
     stats: dict = {"images": len(items)}
     if against is not None:
-        other, more = _open_against(reader, against, str(dev), weights, progress)
+        other, more = open_other_set(reader, against, str(dev), weights, progress)
         stats.update(more)
         params["method"] = choose_method(len(items), len(other), dev) if method == "auto" else method
         if len(items) and len(other):
@@ -215,7 +219,7 @@ def find_duplicates(
     return DedupResult(groups, params, stats)
 
 
-def against_source(path: str | os.PathLike) -> tuple[object, str]:
+def against_source(path: str | os.PathLike, option: str = "--against") -> tuple[object, str]:
     """What ``--against PATH`` names: an index directory (opened) or a folder/file of images
     (their paths, found by content). Returns (index reader or path list, label)."""
     from dinoret.indexer.discover import find_images
@@ -224,10 +228,10 @@ def against_source(path: str | os.PathLike) -> tuple[object, str]:
 
     p = Path(path)
     if not p.exists():
-        raise UserError(f"--against {path}: no such file or folder")
+        raise UserError(f"{option} {path}: no such file or folder")
     if IndexPaths.of(p).exists():
         return open_index(p), f"index:{p.resolve()}"
     paths = list(find_images([p]))
     if not paths:
-        raise UserError(f"--against {path}: no images there (and not an index directory)")
+        raise UserError(f"{option} {path}: no images there (and not an index directory)")
     return paths, str(p.resolve())

@@ -24,9 +24,9 @@ gets k-means with a share of the k clusters proportional to its distortion (the 
 per row is ~2 sqrt(k) dot products instead of k. Cells are spread over the ranks.
 
 *Resampling steps* (Vo et al. 2024): take ``resample_points`` rows of every cluster (the
-closest to the centroid or random), run k-means on that balanced set starting from the
-current centroids, then reassign every row to the new centroids. Dense regions then no
-longer pull centroids to themselves by their mass alone.
+closest to the centroid or random), cluster that balanced set afresh, then reassign every
+row to the new centroids. Dense regions then no longer pull centroids to themselves by
+their mass alone.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from dinoret.retrieval.vector_rows import ArrayRows, Rows
 BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 # Above this many row x centroid products a CPU level is computed in two stages: one exact
 # pass would cost minutes on a laptop (1M x 10,000 x 384-d is ~4 min on 2 cores).
-TWO_STAGE_WORK = 1 << 28
+TWO_STAGE_WORK = 1 << 24
 GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
 SPLIT_EPS = 1e-3
 # New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
@@ -94,6 +94,9 @@ class KMeansResult:
     centroids: np.ndarray  # float32 [k, D], unit norm
     labels: np.ndarray  # int32 [n]: nearest centroid of each row
     sims: np.ndarray  # float32 [n]: cosine of each row to that centroid
+    # Two-stage results: (cell centres [g, D], cell of each centroid [k]). A row belongs to
+    # the nearest centroid of its nearest cell.
+    cells: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -141,10 +144,11 @@ def _gather(parts: list, n: int, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
     return labels, sims
 
 
-def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard, accumulate: bool, tick: Tick):
+def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard, accumulate: bool, tick: Tick,
+          cells: tuple[np.ndarray, np.ndarray] | None = None):
     """One pass over this shard's blocks: nearest centroid and cosine of every row (gathered
     over ranks) and, with ``accumulate``, the per-cluster float64 sums and counts (all-reduced)."""
-    nearest = _Nearest(centroids, device)
+    nearest = _Nearest(centroids, device) if cells is None else _CellNearest(centroids, cells, device)
     k, d = centroids.shape
     if accumulate:
         sums = torch.zeros((k, d), dtype=torch.float64, device=device)
@@ -169,10 +173,33 @@ def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard,
     return labels, sims, sums.cpu().numpy(), counts.cpu().numpy()
 
 
-def assign(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard = ONE,
+class _CellNearest:
+    """Nearest centroid within the nearest cell (the assignment of a two-stage clustering)."""
+
+    def __init__(self, centroids: np.ndarray, cells: tuple[np.ndarray, np.ndarray], device: torch.device) -> None:
+        centres, cell_of = cells
+        self.coarse = _Nearest(centres, device)
+        self.members = [np.flatnonzero(cell_of == c).astype(np.int32) for c in range(len(centres))]
+        self.fine = [_Nearest(centroids[m], device) if len(m) else None for m in self.members]
+
+    def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, cell = self.coarse.search(x)
+        ip = np.empty(len(x), np.float32)
+        lab = np.empty(len(x), np.int32)
+        for c in np.unique(cell):
+            rows = np.flatnonzero(cell == c)
+            ip[rows], local = self.fine[c].search(np.ascontiguousarray(x[rows]))
+            lab[rows] = self.members[c][local]
+        return ip, lab
+
+
+def assign(rows: Rows, res: "KMeansResult | np.ndarray", device: torch.device, shard: Shard = ONE,
            tick: Tick = _no_tick) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centroid, cosine to it) of every row."""
-    return _pass(rows, np.asarray(centroids, np.float32), device, shard, False, tick)
+    """(centroid, cosine to it) of every row: the nearest centroid, or for a two-stage
+    result the nearest centroid of the nearest cell."""
+    if isinstance(res, np.ndarray):
+        return _pass(rows, np.asarray(res, np.float32), device, shard, False, tick)
+    return _pass(rows, res.centroids, device, shard, False, tick, cells=res.cells)
 
 
 def _split_into_empty(c: np.ndarray, counts: np.ndarray, empty: np.ndarray, rng: np.random.Generator) -> None:
@@ -224,22 +251,25 @@ def _weighted_sample(weights: np.ndarray, m: int, rng: np.random.Generator) -> n
     return ties[:m]
 
 
-def _greedy_plusplus(x: torch.Tensor, k: int, rng: np.random.Generator) -> np.ndarray:
+def _greedy_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ on rows in memory (unit vectors): each new centre is the best, by
-    the remaining D² potential, of 2 + ln k candidates drawn by D⁴. Returns row numbers."""
+    the remaining D² potential, of 2 + ln k candidates drawn by D⁴. Returns row numbers.
+    (numpy: thousands of small steps, where torch's per-call threading costs more than the work.)"""
     m = len(x)
     trials = 2 + int(math.log(k))
     chosen = [int(rng.integers(m))]
     best = x @ x[chosen[0]]
     for _ in range(k - 1):
-        w = (1.0 - best).clamp_min(0).double().cpu().numpy() ** SEED_POWER
+        w = np.maximum(1.0 - best, 0.0).astype(np.float64) ** SEED_POWER
         w[chosen] = 0.0
-        if w.sum() <= 0:  # every row sits on a centre: any other row will do
+        total = w.sum()
+        if total <= 0:  # every row sits on a centre: any other row will do
             w = np.ones(m)
             w[chosen] = 0.0
-        cands = rng.choice(m, size=trials, p=w / w.sum())
-        cand_best = torch.maximum(best[:, None], x @ x[torch.from_numpy(cands).to(x.device)].T)
-        j = int(torch.argmin((1.0 - cand_best).sum(dim=0)))
+            total = w.sum()
+        cands = np.minimum(np.searchsorted(np.cumsum(w), rng.random(trials) * total, side="right"), m - 1)
+        cand_best = np.maximum(best[:, None], x @ x[cands].T)
+        j = int(np.argmin((1.0 - cand_best).sum(axis=0)))
         chosen.append(int(cands[j]))
         best = cand_best[:, j]
     return np.asarray(chosen)
@@ -280,9 +310,9 @@ def seed_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.de
         return _unit(rows.fetch(_doubling_plusplus(rows, k, rng, device, shard, tick)))
     m = min(rows.n, max(SEED_SAMPLE, SEED_PER_CLUSTER * k))
     sample = np.arange(rows.n) if m == rows.n else np.sort(rng.choice(rows.n, m, replace=False))
-    x = torch.from_numpy(_unit(rows.fetch(sample))).to(device)
+    x = _unit(rows.fetch(sample))
     tick(m)
-    return x[torch.from_numpy(_greedy_plusplus(x, k, rng)).to(device)].cpu().numpy()
+    return x[_greedy_plusplus(x, k, rng)]
 
 
 def resample_rows(labels: np.ndarray, sims: np.ndarray, points: int, strategy: str,
@@ -299,15 +329,6 @@ def resample_rows(labels: np.ndarray, sims: np.ndarray, points: int, strategy: s
     first = np.searchsorted(sorted_labels, sorted_labels, side="left")
     rank_in_cluster = np.arange(n) - first
     return np.sort(order[rank_in_cluster < points])
-
-
-def _resample(rows: Rows, res: KMeansResult, params: KMeansParams, rng: np.random.Generator, shard: Shard,
-              tick: Tick) -> KMeansResult:
-    pick = resample_rows(res.labels, res.sims, params.resample_points, params.resample_strategy, rng)
-    sub = ArrayRows(rows.fetch(pick), exact_sums=rows.exact_sums)
-    c = lloyd(sub, res.centroids, params.iters, params.device, ONE, rng).centroids
-    labels, sims = _pass(rows, c, params.device, shard, False, tick)
-    return KMeansResult(c, labels, sims)
 
 
 def allocate(total: int, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -343,7 +364,7 @@ def _owners(costs: np.ndarray, world: int) -> np.ndarray:
 
 def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Shard, tick: Tick) -> KMeansResult:
     g = max(2, int(round(math.sqrt(k))))
-    coarse = spherical_kmeans(rows, g, replace(params, resample_steps=0), (*seed, 0), shard, tick)
+    coarse = _cluster(rows, g, params, (*seed, 0), shard, tick)
     order = np.argsort(coarse.labels, kind="stable")
     bounds = np.searchsorted(coarse.labels[order], np.arange(g + 1))
     sizes = np.diff(bounds)
@@ -353,8 +374,9 @@ def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Sha
     mine = {}
     for c in range(g):
         if shares[c] and owner[c] == shard.rank:
+            # A cell is clustered whole by one rank; cells of a sharded pool are read from its store.
             cell = rows.subset(order[bounds[c] : bounds[c + 1]])
-            mine[c] = spherical_kmeans(cell, int(shares[c]), params, (*seed, c + 1), ONE, tick)
+            mine[c] = _cluster(cell, int(shares[c]), params, (*seed, c + 1), ONE, tick)
     if shard.world > 1:
         mine = {c: r for part in all_gather_object(mine) for c, r in part.items()}
     labels = np.empty(rows.n, np.int32)
@@ -366,23 +388,42 @@ def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Sha
             labels[members] = mine[c].labels + offset
             sims[members] = mine[c].sims
             offset += int(shares[c])
-    return KMeansResult(np.concatenate([mine[c].centroids for c in range(g) if shares[c]]), labels, sims)
+    centroids = np.concatenate([mine[c].centroids for c in range(g) if shares[c]])
+    return KMeansResult(centroids, labels, sims, (coarse.centroids, np.repeat(np.arange(g), shares).astype(np.int32)))
 
 
-def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, seed: tuple | int = 0,
-                     shard: Shard = ONE, tick: Tick = _no_tick) -> KMeansResult:
-    """k clusters of ``rows`` (cosine): k-means++ seeding, Lloyd iterations, then
-    ``params.resample_steps`` resampling steps. Deterministic for ``seed`` (an int or a
-    tuple of ints) and the same for any ``shard`` split of the rows."""
-    params = params or KMeansParams()
-    seed = (seed,) if isinstance(seed, int) else tuple(seed)
+def _cluster(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Shard, tick: Tick) -> KMeansResult:
+    """k-means without resampling: seeding and Lloyd, or two stages for a large k on a CPU."""
     if not 1 <= k <= rows.n:
         raise UserError(f"cannot make {k} clusters of {rows.n} vectors: more clusters than points")
     if params.device.type != "cuda" and k >= 16 and rows.n * k > TWO_STAGE_WORK:
         return _two_stage(rows, k, params, seed, shard, tick)
     rng = np.random.default_rng(list(seed))
-    res = lloyd(rows, seed_plusplus(rows, k, rng, params.device, shard, tick), params.iters, params.device, shard,
-                rng, tick)
-    for _ in range(params.resample_steps):
-        res = _resample(rows, res, params, rng, shard, tick)
+    return lloyd(rows, seed_plusplus(rows, k, rng, params.device, shard, tick), params.iters, params.device, shard,
+                 rng, tick)
+
+
+def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, seed: tuple | int = 0,
+                     shard: Shard = ONE, tick: Tick = _no_tick) -> KMeansResult:
+    """k clusters of ``rows`` (cosine), then ``params.resample_steps`` resampling steps.
+    Deterministic for ``seed`` (an int or a tuple of ints) and the same for any ``shard``
+    split of the rows.
+
+    A resampling step takes ``params.resample_points`` rows of every cluster (the closest to
+    its centroid, or random ones) and clusters that balanced set afresh, from a new seeding,
+    then reassigns every row to the new centroids. Seeding afresh matters: Lloyd iterations
+    only move centroids locally, so they cannot take a centroid from an over-split dense
+    region to an uncovered part of the tail, and a new D⁴ seeding on the balanced set does."""
+    params = params or KMeansParams()
+    seed = (seed,) if isinstance(seed, int) else tuple(seed)
+    res = _cluster(rows, k, params, seed, shard, tick)
+    rng = np.random.default_rng([*seed, 1 << 20])
+    for step in range(params.resample_steps):
+        pick = resample_rows(res.labels, res.sims, params.resample_points, params.resample_strategy, rng)
+        if len(pick) < k:  # fewer rows than clusters (empty clusters): nothing to balance
+            break
+        sub = ArrayRows(rows.fetch(pick), exact_sums=rows.exact_sums)
+        fresh = _cluster(sub, k, params, (*seed, (1 << 20) + step + 1), ONE, tick)
+        labels, sims = assign(rows, fresh, params.device, shard, tick)
+        res = KMeansResult(fresh.centroids, labels, sims, fresh.cells)
     return res

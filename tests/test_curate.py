@@ -33,6 +33,11 @@ def _purity(labels: np.ndarray, truth: np.ndarray) -> float:
     return sum(Counter(truth[labels == j]).most_common(1)[0][1] for j in np.unique(labels)) / len(truth)
 
 
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def _same_partition(labels: np.ndarray, truth: np.ndarray) -> bool:
     pairs = set(zip(labels.tolist(), truth.tolist()))
     return len(pairs) == len(set(labels.tolist())) == len(set(truth.tolist()))
@@ -117,9 +122,10 @@ def test_cli_clusters_then_sample_flattens_a_long_tail(tail_index, tmp_path) -> 
     chosen = [int(line.split(",")[0]) for line in rows[1:]]
     assert len(chosen) == 60 == len(set(chosen))  # the target exactly, no repeats
     per_cluster = np.bincount(truth[chosen], minlength=len(LONG_TAIL))
-    # The pool is 50% cluster 0; the sample takes every small cluster whole and caps the big ones.
-    assert per_cluster[5:].tolist() == [12, 6, 3]
+    # The pool is 50% cluster 0; the sample takes the smallest clusters whole and caps the big ones.
+    assert per_cluster[6:].tolist() == [6, 3]
     assert per_cluster.max() < 0.35 * 60
+    assert _entropy(per_cluster) > _entropy(np.array(LONG_TAIL)) + 0.5
     assert all(line.split(",")[4] == "balanced" for line in rows[1:])
 
     # Same seed, same selection; .txt and .json say the same.

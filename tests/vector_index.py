@@ -27,7 +27,8 @@ def planted(sizes, dim: int = 32, noise: float = 0.02, seed: int = 0) -> tuple[n
     return x, truth, centres
 
 
-def add_vectors(index_dir: Path, vectors: np.ndarray, paths: list[str] | None = None, commit_every: int = 1000) -> None:
+def add_vectors(index_dir: Path, vectors: np.ndarray, paths: list[str] | None = None, commit_every: int = 1000,
+                identity: dict | None = None, hashes: list[str] | None = None) -> None:
     """Commit ``vectors`` (with file paths, default /planted/<n>.jpg) and bring the shards up to date."""
     paths_ = IndexPaths.of(index_dir)
     paths_.root.mkdir(parents=True, exist_ok=True)
@@ -35,11 +36,12 @@ def add_vectors(index_dir: Path, vectors: np.ndarray, paths: list[str] | None = 
     from dinoret.indexer.catalog import read_info
 
     if read_info(engine) is None:
-        create_info(engine, dict(IDENTITY, dim=vectors.shape[1]), "", 1_000_000)
+        create_info(engine, dict(identity or IDENTITY, dim=vectors.shape[1]), "", 1_000_000)
     meta = MetaStore(paths_.meta, readonly=False)
     start = meta.counters()["next_id"]
     names = paths or [f"/planted/{start + i}.jpg" for i in range(len(vectors))]
-    items = ((Record(-1, p, 1, 0.0, f"{hash(p) & (2**64 - 1):032x}", None, 8, 8, -1), v) for p, v in zip(names, vectors))
+    hashes = hashes or [f"{abs(hash((str(index_dir), p))):032x}" for p in names]
+    items = ((Record(-1, p, 1, 0.0, h, None, 8, 8, -1), v) for p, h, v in zip(names, hashes, vectors))
     try:
         commit_vectors(paths_, items, 1_000_000, commit_every=commit_every)
         sync_shards(paths_, engine, meta, vectors.shape[1])
@@ -66,6 +68,7 @@ def _dim(paths_: IndexPaths) -> int:
     return VectorStore(paths_.vectors).dim
 
 
-def vector_index(index_dir: Path, vectors: np.ndarray, paths: list[str] | None = None, commit_every: int = 1000) -> Path:
-    add_vectors(index_dir, vectors, paths, commit_every)
+def vector_index(index_dir: Path, vectors: np.ndarray, paths: list[str] | None = None, commit_every: int = 1000,
+                 identity: dict | None = None, hashes: list[str] | None = None) -> Path:
+    add_vectors(index_dir, vectors, paths, commit_every, identity, hashes)
     return index_dir

@@ -168,16 +168,12 @@ def _selection_outputs(reader, selection, out, report_path, link_to, copy_to, re
 
 def _exclusion(reader, h, exclude, threshold, device, weights, quiet):
     """(eligible mask over h.ids, dropped list) for --exclude, or (None, [])."""
-    if not exclude:
-        return None, []
-    from dinoret.retrieval.exclusion import DEFAULT_EXCLUDE_THRESHOLD, exclude_components
-
-    result = exclude_components(reader, exclude, DEFAULT_EXCLUDE_THRESHOLD if threshold is None else threshold,
-                                device=device, weights=weights, progress=not quiet)
     import numpy as np
 
-    dropped_ids = np.array([d.id for d in result], np.int64)
-    return ~np.isin(h.ids, dropped_ids), result
+    dropped = _exclusion_list(reader, exclude, threshold, device, weights, quiet)
+    if not dropped:
+        return None, dropped
+    return ~np.isin(h.ids, np.array([d.id for d in dropped], np.int64)), dropped
 
 
 @command.command("sample")
@@ -221,3 +217,91 @@ def sample_command(index_dir, target, strategy, seed, out, report_path, link_to,
                         "exclude": exclude, "clustering": row.id, "index": str(reader.root)}
     report_data = {"hierarchy": h, "eligible": eligible, "chosen": positions, "title": f"balanced sample of {target}"}
     _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet)
+
+
+@command.command("retrieve")
+@index_option
+@click.option("--seeds", "seeds_path", required=True, type=click.Path(exists=True), metavar="DIR_OR_INDEX",
+              help="The curated seed images: a folder (embedded with the index's model) or an index of the same model.")
+@click.option("--mode", type=click.Choice(["sample", "cluster"]), default="sample", show_default=True,
+              help="sample: the k nearest pool images of every seed; cluster: pool images of the clusters holding seeds.")
+@click.option("-k", "k", default=4, show_default=True, type=click.IntRange(1),
+              help="--mode sample: neighbours per seed (the DINOv2 paper uses 4; 32 for ImageNet-1k).")
+@click.option("--min-hits", default=3, show_default=True, type=click.IntRange(1),
+              help="--mode cluster: a cluster is used when it holds at least this many seeds.")
+@click.option("--per-cluster", default=10_000, show_default=True, type=click.IntRange(1),
+              help="--mode cluster: at most this many pool images per cluster used.")
+@click.option("--level", default=1, show_default=True, type=click.IntRange(1),
+              help="--mode cluster: the clustering level whose clusters are used (1 = leaves).")
+@click.option("--strategy", type=click.Choice(["random", "closest"]), default="random", show_default=True,
+              help="--mode cluster, in a cluster with more than --per-cluster images: random ones or those closest to its seeds.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed for --strategy random.")
+@_output_options
+@_exclude_options
+@weights_option
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def retrieve_command(index_dir, seeds_path, mode, k, min_hits, per_cluster, level, strategy, seed, out, report_path,
+                     link_to, copy_to, exclude, exclude_threshold, weights, device, quiet) -> None:
+    """Pool images close to a curated seed set, as the DINOv2 data pipeline retrieves them.
+
+    Seed images are embedded on the fly with the index's own model, weights and
+    preprocessing (or read from another index made with the same model); the pool is never
+    re-embedded. --mode cluster needs `dinoret curate clusters` first.
+
+    \b
+    Example:
+      dinoret curate retrieve --seeds ./curated --mode sample -k 4 --out near.txt
+      dinoret curate retrieve --seeds ./curated --mode cluster --min-hits 3 --per-cluster 10000 --out more.csv
+      dinoret curate retrieve --seeds /data/curated_index --out near.json --exclude ./test_set --report near.html
+    """
+    import numpy as np
+
+    from dinoret.core.devices import resolve_device
+    from dinoret.core.errors import UserError
+    from dinoret.retrieval.clusterings import load_clustering
+    from dinoret.retrieval.curate_clusters import index_clustering
+    from dinoret.retrieval.curate_retrieve import cluster_retrieval, load_seeds, sample_retrieval, selection_rows
+    from dinoret.retrieval.index import open_index
+    from dinoret.retrieval.selection_files import Selection, check_suffix
+
+    check_suffix(out)
+    reader = open_index(index_dir)
+    if len(reader) == 0:
+        raise UserError(f"the index at {reader.root} has no images")
+    h = None
+    if mode == "cluster" or load_clustering(reader.engine, reader.root) is not None:
+        h, row, notes = index_clustering(reader, device=resolve_device(device))
+        _warn(notes)
+    seeds = load_seeds(reader, seeds_path, device=device, weights=weights, progress=not quiet)
+    if h is not None:
+        eligible, dropped = _exclusion(reader, h, exclude, exclude_threshold, device, weights, quiet)
+    else:
+        eligible, dropped = None, _exclusion_list(reader, exclude, exclude_threshold, device, weights, quiet)
+    excluded_ids = np.array([d.id for d in dropped], np.int64)
+    if mode == "sample":
+        found = sample_retrieval(reader, seeds, k, excluded_ids)
+        reason = "sample-retrieval"
+        click.echo(f"{found.stats['retrieved']} pool images retrieved by {found.stats['seeds']} seeds (k={k}; "
+                   f"{found.stats['collisions']} found by more than one seed)")
+    else:
+        found = cluster_retrieval(reader, h, seeds, min_hits, per_cluster, level, strategy, seed, eligible)
+        reason = "cluster-retrieval"
+        click.echo(f"{found.stats['clusters_used']} of the {found.stats['clusters_with_seeds']} level-{level} clusters "
+                   f"holding seeds have at least {min_hits}; {found.stats['retrieved']} pool images retrieved from them")
+    selection = Selection(selection_rows(reader, found, seeds, reason, h), h.levels if h is not None else [],
+                          {"command": "retrieve", "mode": mode, "seeds": seeds.label, **found.stats,
+                           "exclude": exclude, "index": str(reader.root)}, dropped)
+    chosen = None if h is None else np.searchsorted(h.ids, found.ids[np.isin(found.ids, h.ids)])
+    report_data = {"hierarchy": h, "eligible": eligible, "chosen": chosen, "seeds": seeds, "retrieved": found,
+                   "title": f"{mode}-based retrieval from {len(seeds.paths)} seeds"}
+    _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet)
+
+
+def _exclusion_list(reader, exclude, threshold, device, weights, quiet):
+    if not exclude:
+        return []
+    from dinoret.retrieval.exclusion import DEFAULT_EXCLUDE_THRESHOLD, exclude_components
+
+    return exclude_components(reader, exclude, DEFAULT_EXCLUDE_THRESHOLD if threshold is None else threshold,
+                              device=device, weights=weights, progress=not quiet)
