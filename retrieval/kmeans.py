@@ -42,9 +42,10 @@ from dinoret.core.errors import UserError
 from dinoret.retrieval.vector_rows import ArrayRows, Rows
 
 BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
-# Above this many row x centroid products a CPU level is computed in two stages: one exact
-# pass would cost minutes on a laptop (1M x 10,000 x 384-d is ~4 min on 2 cores).
-TWO_STAGE_WORK = 1 << 24
+# Above this many row x centroid products (4M: 4,000 rows x 1,000 clusters) a CPU level is
+# computed in two stages. Exact passes and one-by-one seeding both cost rows x clusters:
+# one exact pass of 1M x 10,000 at 384-d takes ~4 min on 2 cores.
+TWO_STAGE_WORK = 1 << 22
 GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
 SPLIT_EPS = 1e-3
 # New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
@@ -84,7 +85,7 @@ ONE = Shard()
 class KMeansParams:
     iters: int = 10  # Lloyd iterations (fewer when the labels stop changing)
     resample_steps: int = 0
-    resample_points: int = 10  # rows per cluster in a resampling step
+    resample_points: int | None = None  # rows per cluster in a resampling step (None: auto_resample_points)
     resample_strategy: str = "closest"  # closest | random
     device: torch.device = torch.device("cpu")
 
@@ -144,15 +145,49 @@ def _gather(parts: list, n: int, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
     return labels, sims
 
 
+class _Sums:
+    """Per-cluster float64 sums and counts of rows (exact for float16-exact rows, so any
+    order of additions gives the same bits): numpy on a CPU, torch on a GPU."""
+
+    def __init__(self, k: int, d: int, device: torch.device) -> None:
+        self.device, self.k = device, k
+        if device.type == "cuda":
+            self.sums = torch.zeros((k, d), dtype=torch.float64, device=device)
+            self.counts = torch.zeros(k, dtype=torch.int64, device=device)
+        else:
+            self.sums = np.zeros((k, d), np.float64)
+            self.counts = np.zeros(k, np.int64)
+
+    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
+        if self.device.type == "cuda":
+            li = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+            self.sums.index_add_(0, li, torch.from_numpy(x).to(self.device, torch.float64))
+            self.counts += torch.bincount(li, minlength=self.k)
+            return
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        self.sums[sorted_labels[starts]] += np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+        self.counts += np.bincount(labels, minlength=self.k)
+
+    def reduced(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+        """The sums and counts over every rank."""
+        if self.device.type == "cuda":
+            sums, counts = self.sums, self.counts
+        else:
+            sums, counts = torch.from_numpy(self.sums), torch.from_numpy(self.counts)
+        if shard.world > 1:
+            all_reduce_sum_(sums)
+            all_reduce_sum_(counts)
+        return sums.cpu().numpy(), counts.cpu().numpy()
+
+
 def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard, accumulate: bool, tick: Tick,
           cells: tuple[np.ndarray, np.ndarray] | None = None):
     """One pass over this shard's blocks: nearest centroid and cosine of every row (gathered
     over ranks) and, with ``accumulate``, the per-cluster float64 sums and counts (all-reduced)."""
     nearest = _Nearest(centroids, device) if cells is None else _CellNearest(centroids, cells, device)
-    k, d = centroids.shape
-    if accumulate:
-        sums = torch.zeros((k, d), dtype=torch.float64, device=device)
-        counts = torch.zeros(k, dtype=torch.int64, device=device)
+    sums = _Sums(*centroids.shape, device) if accumulate else None
     parts = []
     for start, stop in shard.blocks(rows.n):
         x = rows.fetch(slice(start, stop))
@@ -160,17 +195,12 @@ def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard,
         sims = (ip / np.maximum(np.linalg.norm(x, axis=1), 1e-12)).astype(np.float32)
         parts.append((start, lab, sims))
         if accumulate:
-            li = torch.from_numpy(lab.astype(np.int64)).to(device)
-            sums.index_add_(0, li, torch.from_numpy(x).to(device, torch.float64))
-            counts += torch.bincount(li, minlength=k)
+            sums.add(x, lab)
         tick(stop - start)
     labels, sims = _gather(parts, rows.n, shard)
     if not accumulate:
         return labels, sims
-    if shard.world > 1:
-        all_reduce_sum_(sums)
-        all_reduce_sum_(counts)
-    return labels, sims, sums.cpu().numpy(), counts.cpu().numpy()
+    return (labels, sims, *sums.reduced(shard))
 
 
 class _CellNearest:
@@ -315,6 +345,14 @@ def seed_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.de
     return x[_greedy_plusplus(x, k, rng)]
 
 
+def auto_resample_points(n: int, k: int) -> int:
+    """Rows per cluster a resampling step takes by default: a quarter of the mean cluster,
+    2 to 16. Taking most of every cluster would rebuild the unbalanced set (on the long tail
+    of benchmarks/curate_balance.py, 3 of 10 rows per cluster covered 1,508 of 2,000
+    components, 10 of 10 covered 1,446), and 16 a cluster keeps the set small in memory."""
+    return int(min(16, max(2, round(n / k / 4))))
+
+
 def resample_rows(labels: np.ndarray, sims: np.ndarray, points: int, strategy: str,
                   rng: np.random.Generator) -> np.ndarray:
     """Up to ``points`` rows of every cluster, ascending: those closest to their centroid or random ones."""
@@ -418,8 +456,9 @@ def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, see
     seed = (seed,) if isinstance(seed, int) else tuple(seed)
     res = _cluster(rows, k, params, seed, shard, tick)
     rng = np.random.default_rng([*seed, 1 << 20])
+    points = params.resample_points or auto_resample_points(rows.n, k)
     for step in range(params.resample_steps):
-        pick = resample_rows(res.labels, res.sims, params.resample_points, params.resample_strategy, rng)
+        pick = resample_rows(res.labels, res.sims, points, params.resample_strategy, rng)
         if len(pick) < k:  # fewer rows than clusters (empty clusters): nothing to balance
             break
         sub = ArrayRows(rows.fetch(pick), exact_sums=rows.exact_sums)

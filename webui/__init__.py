@@ -45,7 +45,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     """
     from dinoret.retrieval.index import open_index
     from dinoret.retrieval.report_files import human_size
-    from dinoret.webui import api, errors, pages, queries, security
+    from dinoret.webui import api, clusters, errors, pages, queries, security
 
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
@@ -64,6 +64,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(clusters.bp)
     app.jinja_env.filters["bytes"] = human_size
     app.jinja_env.filters["when"] = _when
     return app
