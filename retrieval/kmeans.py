@@ -11,6 +11,11 @@ counts, and gather the labels (4 bytes a row). Every random choice is then made 
 global quantities by the same generator on every rank, and a block's search is the same
 call whichever rank runs it: two processes find exactly the clusters one process finds.
 
+*Many rows per cluster*: beyond ``MAX_PER_CENTROID`` rows per cluster a level is trained on
+a random sample of that many rows per cluster, as Faiss does, and then every row is
+assigned (one pass). Pools with fewer rows per cluster, as at the DINOv2 scale, run every
+Lloyd pass over all rows, sharded.
+
 *Seeding* is greedy k-means++ (the best of a few candidates per centre) with the candidates
 drawn by D⁴ rather than D², on the rows, or a sample of them, held in memory; for a very
 large k, the same sampling in rounds that double the number of centres. Such seeding puts
@@ -46,7 +51,9 @@ BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 # computed in two stages. Exact passes and one-by-one seeding both cost rows x clusters:
 # one exact pass of 1M x 10,000 at 384-d takes ~4 min on 2 cores.
 TWO_STAGE_WORK = 1 << 22
-GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
+GPU_SCORE_BYTES = 512 << 20
+MAX_PER_CENTROID = 256  # beyond this many rows per cluster, train on a sample (as Faiss does)
+CELL_BYTES = 256 << 20  # a two-stage cell up to this size is held in memory while it is clustered  # score matrix per matmul on a GPU
 SPLIT_EPS = 1e-3
 # New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
 # k-means++'s D²: on a long tail a big, spread-out cluster holds most of the D² mass and draws
@@ -413,8 +420,11 @@ def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Sha
     for c in range(g):
         if shares[c] and owner[c] == shard.rank:
             # A cell is clustered whole by one rank; cells of a sharded pool are read from its store.
-            cell = rows.subset(order[bounds[c] : bounds[c + 1]])
-            mine[c] = _cluster(cell, int(shares[c]), params, (*seed, c + 1), ONE, tick)
+            cell = order[bounds[c] : bounds[c + 1]]
+            # A cell that fits in memory is read once, not once per Lloyd pass.
+            cell_rows = (ArrayRows(rows.fetch(cell), rows.exact_sums) if len(cell) * rows.dim * 4 <= CELL_BYTES
+                         else rows.subset(cell))
+            mine[c] = _cluster(cell_rows, int(shares[c]), params, (*seed, c + 1), ONE, tick)
     if shard.world > 1:
         mine = {c: r for part in all_gather_object(mine) for c, r in part.items()}
     labels = np.empty(rows.n, np.int32)
@@ -431,12 +441,20 @@ def _two_stage(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Sha
 
 
 def _cluster(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Shard, tick: Tick) -> KMeansResult:
-    """k-means without resampling: seeding and Lloyd, or two stages for a large k on a CPU."""
+    """k-means without resampling: seeding and Lloyd, or two stages for a large k on a CPU.
+
+    With more than ``MAX_PER_CENTROID`` rows per cluster the centroids are trained on a
+    random sample of that many rows per cluster (as Faiss does), then every row is assigned."""
     if not 1 <= k <= rows.n:
         raise UserError(f"cannot make {k} clusters of {rows.n} vectors: more clusters than points")
+    rng = np.random.default_rng(list(seed))
+    if rows.n > MAX_PER_CENTROID * k:
+        sample = np.sort(rng.choice(rows.n, MAX_PER_CENTROID * k, replace=False))
+        trained = _cluster(ArrayRows(rows.fetch(sample), rows.exact_sums), k, params, (*seed, 1), ONE, tick)
+        labels, sims = assign(rows, trained, params.device, shard, tick)
+        return KMeansResult(trained.centroids, labels, sims, trained.cells)
     if params.device.type != "cuda" and k >= 16 and rows.n * k > TWO_STAGE_WORK:
         return _two_stage(rows, k, params, seed, shard, tick)
-    rng = np.random.default_rng(list(seed))
     return lloyd(rows, seed_plusplus(rows, k, rng, params.device, shard, tick), params.iters, params.device, shard,
                  rng, tick)
 

@@ -223,8 +223,8 @@ def test_a_failed_save_changes_nothing(tail_index, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_find_the_clusters_one_process_finds(tmp_path) -> None:
-    """Two gloo processes (the rows split over them, cells of the two-stage level shared out,
-    sums all-reduced) write bit for bit the clustering that one process writes."""
+    """Two gloo processes (rows split over them, sums all-reduced, two-stage cells shared out)
+    write bit for bit the clusterings that one process writes (tests/torchrun_curate.py)."""
     import os
     import shutil
     import signal
@@ -232,18 +232,19 @@ def test_torchrun_two_processes_find_the_clusters_one_process_finds(tmp_path) ->
     import sys
 
     from tests.conftest import REPO
+    from tests.torchrun_curate import RUNS
 
-    x, _, _ = planted([800] * 50, dim=16, noise=0.2, seed=9)  # 40,000 rows: three blocks of 16,384
-    one = vector_index(tmp_path / "one", x, commit_every=7000)
-    two = tmp_path / "two"
-    shutil.copytree(one, two)
-    args = ["curate", "clusters", "--clusters", "500,50,5", "--resample", "1", "--device", "cpu", "--seed", "2", "-q"]
+    x, _, _ = planted([400] * 50, dim=16, noise=0.2, seed=9)  # 20,000 rows: two blocks of 16,384
+    for name in RUNS:
+        vector_index(tmp_path / "one" / name, x, commit_every=7000)
+        shutil.copytree(tmp_path / "one" / name, tmp_path / "two" / name)
+    script = str(REPO / "tests" / "torchrun_curate.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    single = subprocess.run([sys.executable, "-m", "dinoret", *args, "--index", str(one)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run([sys.executable, script, str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dinoret",
-           *args, "--index", str(two)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+           str(tmp_path / "two")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -252,9 +253,12 @@ def test_torchrun_two_processes_find_the_clusters_one_process_finds(tmp_path) ->
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, output[-3000:]
-    assert "over 2 processes" in output
-    (h1, row1), (h2, row2) = (load_clustering(open_index(d).engine, d) for d in (one, two))
-    assert row2.params["processes"] == 2 and h1.levels == h2.levels == [500, 50, 5]
-    for a, b in [(h1.ids, h2.ids), (h1.labels, h2.labels), (h1.sims, h2.sims), *zip(h1.centroids, h2.centroids),
-                 *zip(h1.parents, h2.parents)]:
-        assert np.array_equal(a, b)
+    assert output.count("over 2 processes") == 2
+    for name in RUNS:
+        one, two = tmp_path / "one" / name, tmp_path / "two" / name
+        (h1, row1), (h2, row2) = (load_clustering(open_index(d).engine, d) for d in (one, two))
+        assert row1.params["processes"] == 1 and row2.params["processes"] == 2
+        assert h1.levels == h2.levels == [int(v) for v in RUNS[name][1].split(",")]
+        for a, b in [(h1.ids, h2.ids), (h1.labels, h2.labels), (h1.sims, h2.sims), *zip(h1.centroids, h2.centroids),
+                     *zip(h1.parents, h2.parents)]:
+            assert np.array_equal(a, b), name
