@@ -35,8 +35,9 @@ their mass alone.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,7 +54,8 @@ BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 TWO_STAGE_WORK = 1 << 22
 GPU_SCORE_BYTES = 512 << 20
 MAX_PER_CENTROID = 256  # beyond this many rows per cluster, train on a sample (as Faiss does)
-CELL_BYTES = 256 << 20  # a two-stage cell up to this size is held in memory while it is clustered  # score matrix per matmul on a GPU
+CELL_BYTES = 256 << 20
+SMALL_WORK = 1 << 26  # multiply-adds below which a search runs on one thread  # a two-stage cell up to this size is held in memory while it is clustered  # score matrix per matmul on a GPU
 SPLIT_EPS = 1e-3
 # New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
 # k-means++'s D²: on a long tail a big, spread-out cluster holds most of the D² mass and draws
@@ -112,6 +114,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small products on one thread: below a few milliseconds of work, waking a second
+    OpenMP/BLAS thread costs more than it saves (10x more on a busy 2-core machine)."""
+    import faiss
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
 class _Nearest:
     """Exact nearest centroid by inner product: Faiss on a CPU, a torch matmul on a GPU."""
 
@@ -130,7 +148,12 @@ class _Nearest:
     def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inner product, index) of the nearest centroid of each row of ``x``; ties go to the lower index."""
         if self.device.type != "cuda":
-            ip, idx = self.index.search(np.ascontiguousarray(x), 1)
+            x = np.ascontiguousarray(x)
+            if len(x) * self.index.ntotal * x.shape[1] < SMALL_WORK:
+                with _one_thread():
+                    ip, idx = self.index.search(x, 1)
+            else:
+                ip, idx = self.index.search(x, 1)
             return ip[:, 0], idx[:, 0].astype(np.int32)
         xt = torch.from_numpy(x).to(self.device)
         ips, idxs = [], []
@@ -290,26 +313,34 @@ def _weighted_sample(weights: np.ndarray, m: int, rng: np.random.Generator) -> n
 
 def _greedy_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ on rows in memory (unit vectors): each new centre is the best, by
-    the remaining D² potential, of 2 + ln k candidates drawn by D⁴. Returns row numbers.
-    (numpy: thousands of small steps, where torch's per-call threading costs more than the work.)"""
+    the remaining D² potential, of 2 + ln k candidates drawn by D⁴. Returns row numbers."""
     m = len(x)
     trials = 2 + int(math.log(k))
     chosen = [int(rng.integers(m))]
     best = x @ x[chosen[0]]
-    for _ in range(k - 1):
-        w = np.maximum(1.0 - best, 0.0).astype(np.float64) ** SEED_POWER
+    xt = torch.from_numpy(x)
+    with _one_thread():  # thousands of thin products (rows x a few candidates)
+        for _ in range(k - 1):
+            best = _greedy_step(x, xt, best, chosen, trials, rng)
+    return np.asarray(chosen)
+
+
+def _greedy_step(x: np.ndarray, xt: torch.Tensor, best: np.ndarray, chosen: list, trials: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """One centre of greedy k-means++ (appended to ``chosen``); returns the new best cosines."""
+    m = len(x)
+    w = np.maximum(1.0 - best, 0.0).astype(np.float64) ** SEED_POWER
+    w[chosen] = 0.0
+    total = w.sum()
+    if total <= 0:  # every row sits on a centre: any other row will do
+        w = np.ones(m)
         w[chosen] = 0.0
         total = w.sum()
-        if total <= 0:  # every row sits on a centre: any other row will do
-            w = np.ones(m)
-            w[chosen] = 0.0
-            total = w.sum()
-        cands = np.minimum(np.searchsorted(np.cumsum(w), rng.random(trials) * total, side="right"), m - 1)
-        cand_best = np.maximum(best[:, None], x @ x[cands].T)
-        j = int(np.argmin((1.0 - cand_best).sum(axis=0)))
-        chosen.append(int(cands[j]))
-        best = cand_best[:, j]
-    return np.asarray(chosen)
+    cands = np.minimum(np.searchsorted(np.cumsum(w), rng.random(trials) * total, side="right"), m - 1)
+    cand_best = np.maximum(best[:, None], (xt @ xt[torch.from_numpy(cands)].T).numpy())
+    j = int(np.argmin((1.0 - cand_best).sum(axis=0)))
+    chosen.append(int(cands[j]))
+    return cand_best[:, j]
 
 
 def _doubling_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device, shard: Shard,
