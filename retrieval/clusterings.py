@@ -18,7 +18,6 @@ import fcntl
 import os
 import secrets
 import shutil
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from dinoret.core.errors import UserError
+from dinoret.indexer.catalog import ensure_tables, utcnow
 from dinoret.retrieval.hierarchy import Hierarchy
 
 FOLDER = "clusters"
@@ -57,17 +57,8 @@ class ClusteringRow(Base):
         return d
 
 
-_ready: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-
-
 def _ensure_tables(engine: Engine) -> None:
-    if engine not in _ready:
-        Base.metadata.create_all(engine)
-        _ready.add(engine)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ensure_tables(engine, Base.metadata)
 
 
 def _fsync(path: Path) -> None:
@@ -121,7 +112,7 @@ def save_clustering(engine: Engine, index_root: Path, h: Hierarchy, identity: di
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     with Session(engine) as s, s.begin():
-        row = ClusteringRow(created=_now(), folder=name, params=h.params, model=str(identity.get("model")),
+        row = ClusteringRow(created=utcnow(), folder=name, params=h.params, model=str(identity.get("model")),
                             weights_sha256=str(identity.get("weights_sha256")), n_images=int(len(h.ids)),
                             max_id=int(h.ids.max()) if len(h.ids) else -1, seconds=round(float(seconds), 3), note=note)
         s.add(row)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import weakref
 from collections.abc import Iterable
 
 from sqlalchemy import JSON, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from dinoret.indexer.catalog import ensure_tables, utcnow
 from dinoret.retrieval.dedup_result import DedupResult, Group
 from dinoret.core.errors import UserError
 
@@ -64,17 +64,8 @@ class DedupReview(Base):
     updated: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
-_ready: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-
-
 def _ensure_tables(engine: Engine) -> None:
-    if engine not in _ready:
-        Base.metadata.create_all(engine)
-        _ready.add(engine)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ensure_tables(engine, Base.metadata)
 
 
 def review_key(member_ids: Iterable[int]) -> str:
@@ -87,7 +78,7 @@ def save_report(engine: Engine, result: DedupResult, files: Iterable[str] = ()) 
     _ensure_tables(engine)
     with Session(engine) as s, s.begin():
         rep = DedupReport(
-            created=_now(), params=result.params, stats=result.stats, files=[str(f) for f in files],
+            created=utcnow(), params=result.params, stats=result.stats, files=[str(f) for f in files],
             n_groups=len(result.groups), n_images=result.n_images,
         )
         s.add(rep)
@@ -195,7 +186,7 @@ def _upsert_review(engine: Engine, member_ids: list[int], **fields) -> None:
         rev = s.get(DedupReview, key) or DedupReview(key=key, member_ids=ids, verdict=None, keeper_id=None)
         for name, value in fields.items():
             setattr(rev, name, value)
-        rev.updated = _now()
+        rev.updated = utcnow()
         s.add(rev)
 
 

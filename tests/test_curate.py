@@ -18,7 +18,7 @@ from dinoret.retrieval.clusterings import load_clustering
 from dinoret.retrieval.hierarchy import build_hierarchy
 from dinoret.retrieval.index import open_index
 from dinoret.retrieval.kmeans import KMeansParams, spherical_kmeans
-from dinoret.retrieval.sampling import balanced_sample, capped_quotas
+from dinoret.retrieval.sampling import capped_quotas
 from dinoret.retrieval.vector_rows import ArrayRows, StoreRows
 from tests.vector_index import add_vectors, planted, remove_ids, vector_index
 
@@ -227,11 +227,10 @@ def test_torchrun_two_processes_find_the_clusters_one_process_finds(tmp_path) ->
     write bit for bit the clusterings that one process writes (tests/torchrun_curate.py)."""
     import os
     import shutil
-    import signal
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, run_in_own_group
     from tests.torchrun_curate import RUNS
 
     x, _, _ = planted([400] * 50, dim=16, noise=0.2, seed=9)  # 20,000 rows: two blocks of 16,384
@@ -245,14 +244,8 @@ def test_torchrun_two_processes_find_the_clusters_one_process_finds(tmp_path) ->
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
            str(tmp_path / "two")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, output[-3000:]
+    returncode, output = run_in_own_group(cmd, env, timeout=600)
+    assert returncode == 0, output[-3000:]
     assert output.count("over 2 processes") == 2
     for name in RUNS:
         one, two = tmp_path / "one" / name, tmp_path / "two" / name

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dinoret.cli import main
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, serving
 
 pytestmark = [
     pytest.mark.browser,
@@ -112,25 +109,8 @@ def test_report_opens_offline_in_chromium(curated, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(curated, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve_clusters") / "stderr.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dinoret", "serve", "--index", str(curated[0]), "--host", "127.0.0.1",
-             "--port", "0", "--threads", "4"],
-            stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline, line = time.monotonic() + 90, b""
-        while time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 1.0)[0]:
-                line = proc.stdout.readline()
-                break
-        match = re.search(rb"on (http://\S+/)", line)
-        assert match, f"dinoret serve did not start: {line!r} {log.read_text()[-2000:]}"
-        yield match.group(1).decode().replace("localhost", "127.0.0.1")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with serving(curated[0], tmp_path_factory.mktemp("serve_clusters")) as url:
+        yield url
 
 
 def test_clusters_page_in_chromium(server, tmp_path):

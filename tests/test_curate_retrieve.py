@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dinoret.cli import main
-from dinoret.retrieval.index import open_index
 from tests.conftest import make_image
 from tests.vector_index import IDENTITY, planted, unit, vector_index
 

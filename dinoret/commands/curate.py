@@ -33,6 +33,17 @@ def _output_options(f):
     return f
 
 
+def _selection_options(f):
+    """Options `sample` and `retrieve` share, after their own."""
+    for option in reversed([
+        click.option("--seed", default=0, show_default=True, type=int, help="Random seed for --strategy random."),
+        _output_options, _exclude_options, weights_option, device_option,
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]):
+        f = option(f)
+    return f
+
+
 @click.group("curate")
 def command() -> None:
     """Curate a training set from an index, as the DINOv2 data pipeline does.
@@ -181,12 +192,7 @@ def _exclusion(reader, h, exclude, threshold, device, weights, quiet):
 @click.option("--target", "-n", required=True, type=click.IntRange(1), help="How many images to select.")
 @click.option("--strategy", type=click.Choice(["random", "closest"]), default="random", show_default=True,
               help="Inside a leaf cluster: random images, or those closest to its centroid.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed for --strategy random.")
-@_output_options
-@_exclude_options
-@weights_option
-@device_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_selection_options
 def sample_command(index_dir, target, strategy, seed, out, report_path, link_to, copy_to, exclude, exclude_threshold,
                    weights, device, quiet) -> None:
     """A balanced selection of --target images over the index's clusters: the target is
@@ -235,12 +241,7 @@ def sample_command(index_dir, target, strategy, seed, out, report_path, link_to,
               help="--mode cluster: the clustering level whose clusters are used (1 = leaves).")
 @click.option("--strategy", type=click.Choice(["random", "closest"]), default="random", show_default=True,
               help="--mode cluster, in a cluster with more than --per-cluster images: random ones or those closest to its seeds.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed for --strategy random.")
-@_output_options
-@_exclude_options
-@weights_option
-@device_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_selection_options
 def retrieve_command(index_dir, seeds_path, mode, k, min_hits, per_cluster, level, strategy, seed, out, report_path,
                      link_to, copy_to, exclude, exclude_threshold, weights, device, quiet) -> None:
     """Pool images close to a curated seed set, as the DINOv2 data pipeline retrieves them.
