@@ -4,7 +4,8 @@ Builds an index of ``--size`` 384-d vectors (the long-tailed Gaussian components
 benchmarks/curate_balance.py: float16 ``vectors/`` chunks and records, as `dinoret index`
 writes them; no shards, which clustering does not read), then runs the real command in a
 fresh process and reports its wall time and peak resident memory (max RSS of that process
-alone, so the benchmark's own data generation does not count).
+alone, so the benchmark's own data generation does not count), and its CPU time (user +
+system: on a machine shared with other jobs the wall time says more about them).
 
 \b
 Examples:
@@ -60,9 +61,11 @@ def main() -> None:
         wall = time.perf_counter() - t
         if res.returncode != 0:
             raise SystemExit(res.stderr[-3000:])
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = usage.ru_maxrss * 1024
         out = {"size": args.size, "dim": args.dim, "clusters": args.clusters, "resample": args.resample,
                "device": args.device, "threads": args.threads, "wall_s": round(wall, 1),
+               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
                "peak_rss_gib": round(peak / 2**30, 3), "index_build_s": round(build_s, 1),
                "vectors_on_disk_gib": round(sum(f.stat().st_size for f in (index / "vectors").iterdir()) / 2**30, 3),
                "machine": f"{platform.machine()} {os.cpu_count()} cpus", "command_output": res.stdout.strip()}

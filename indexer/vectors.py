@@ -8,6 +8,7 @@ and is deleted by the next writer. Rows of deleted ids stay in their chunk, unus
 """
 from __future__ import annotations
 
+import mmap
 import re
 import threading
 from collections.abc import Iterator
@@ -108,6 +109,17 @@ class VectorStore:
         if normalise:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def drop_pages(self) -> None:
+        """Hand the pages of the chunks read so far back to the OS (they stay in its page
+        cache): a pass over millions of vectors then does not keep them all resident in
+        this process."""
+        with self._lock:
+            maps = list(self._maps.values())
+        for arr in maps:
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     def _covers(self, ids: np.ndarray) -> bool:
         if not self._starts or int(ids.min()) < self._starts[0]:

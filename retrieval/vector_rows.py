@@ -39,7 +39,9 @@ class StoreRows(Rows):
         self.dim = store.dim
 
     def fetch(self, sel) -> np.ndarray:
-        return self.store.get(self.ids[sel], normalise=False)
+        out = self.store.get(self.ids[sel], normalise=False)
+        self.store.drop_pages()  # the copy is what is used: the mapped pages need not stay resident
+        return out
 
     def subset(self, positions: np.ndarray) -> "StoreRows":
         return StoreRows(self.store, self.ids[positions])
