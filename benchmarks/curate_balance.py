@@ -13,7 +13,9 @@ Each method selects ``--fraction`` of the pool:
 * random: a uniform sample;
 * flat k-means: k-means with the leaf count of the hierarchy, then balanced sampling over
   its clusters (one level);
-* hierarchical: ``--levels`` with ``--resample`` steps, balanced sampling top down.
+* hierarchical: ``--levels`` with ``--resample`` steps, balanced sampling top down;
+* (ablation) flat k-means with the hierarchy's level-1 resampling steps: what the
+  resampling does without the levels above.
 
 Reported per method: components covered (distinct components with at least one selected
 point, of those in the pool) and KL divergence from uniform of the selected points'
@@ -131,8 +133,11 @@ def run(n: int, args) -> list[dict]:
         params = KMeansParams(iters=args.iters, resample_points=args.resample_points,
                               resample_strategy=args.resample_strategy)
         flat_steps = per_level([int(v) for v in args.flat_resample.split(",")], 1, "--flat-resample")
+        hier_steps = per_level([int(v) for v in args.resample.split(",")], len(levels), "--resample")
         runs = [("flat k-means", levels[:1], flat_steps),
-                ("hierarchical", levels, per_level([int(v) for v in args.resample.split(",")], len(levels), "--resample"))]
+                ("hierarchical", levels, hier_steps)]
+        if not args.no_ablation:  # what the resampling alone does, without the levels above
+            runs.append(("flat k-means + resampling (ablation)", levels[:1], hier_steps[:1]))
         for name, ks, steps in runs:
             t = time.perf_counter()
             h = build_hierarchy(rows, ids, ks, steps, params, seed=args.seed, progress=not args.quiet)
@@ -166,6 +171,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--no-ablation", action="store_true", help="skip flat k-means with the hierarchy's resampling")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     import faiss

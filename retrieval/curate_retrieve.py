@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dinoret.core.errors import UserError
+from dinoret.retrieval.curate_clusters import members_by_cluster
 from dinoret.retrieval.hierarchy import Hierarchy
 from dinoret.retrieval.kmeans import assign
 from dinoret.retrieval.sampling import id_uniform
@@ -123,11 +124,12 @@ def cluster_retrieval(reader, h: Hierarchy, seeds: Seeds, min_hits: int = 3, per
     seed_cluster = h.cluster_of(level, leaf)
     counts = np.bincount(seed_cluster, minlength=h.levels[level - 1])
     chosen_clusters = np.flatnonzero(counts >= min_hits)
-    member_cluster = h.cluster_of(level)
+    order, bounds = members_by_cluster(h, level)
     ok = np.ones(len(h.ids), bool) if eligible is None else np.asarray(eligible, bool)
     parts_ids, parts_seed, parts_sim, parts_hits = [], [], [], []
     for c in chosen_clusters.tolist():
-        members = np.flatnonzero((member_cluster == c) & ok)
+        members = np.sort(order[bounds[c] : bounds[c + 1]])
+        members = members[ok[members]]
         seed_rows = np.flatnonzero(seed_cluster == c)
         if seeds.same_index:
             own = {i for i in (seeds.ids[r] for r in seed_rows) if i is not None}

@@ -411,16 +411,15 @@ def allocate(total: int, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Integer shares of ``total``, proportional to ``weights``, at least 1 and at most ``caps``
     where ``caps`` > 0, summing to ``total`` (largest remainders first; ties to the lower index)."""
     caps = np.asarray(caps, np.int64)
+    if not (caps > 0).sum() <= total <= caps.sum():
+        raise ValueError(f"cannot give {total} to {(caps > 0).sum()} parts of at least 1 and at most {caps.sum()} in all")
     w = np.where(caps > 0, np.maximum(np.asarray(weights, np.float64), 0.0), 0.0)
     if w.sum() <= 0:
         w = caps.astype(np.float64)
     ideal = total * w / w.sum()
     x = np.minimum(np.maximum(np.floor(ideal).astype(np.int64), (caps > 0).astype(np.int64)), caps)
     while x.sum() < total:
-        gap = np.where(x < caps, ideal - x, -np.inf)
-        if not np.isfinite(gap).any():
-            raise ValueError(f"cannot place {total} in caps summing to {caps.sum()}")
-        x[int(np.argmax(gap))] += 1
+        x[int(np.argmax(np.where(x < caps, ideal - x, -np.inf)))] += 1
     while x.sum() > total:
         gap = np.where(x > 1, ideal - x, np.inf)
         x[int(np.argmin(gap))] -= 1

@@ -98,6 +98,21 @@ def test_capped_quotas_hit_the_target_and_cap_the_large() -> None:
     assert capped_quotas(np.array([5, 5, 5]), 7).tolist() == [3, 2, 2]
 
 
+def test_cell_shares_and_rank_blocks() -> None:
+    from dinoret.retrieval.kmeans import Shard, allocate
+
+    shares = allocate(100, np.array([500, 40, 3, 0, 60]), np.array([50.0, 30.0, 30.0, 0.0, 1.0]))
+    assert shares.sum() == 100 and shares[3] == 0 and (shares[[0, 1, 2, 4]] >= 1).all()
+    assert shares[2] == 3 and (shares <= [500, 40, 3, 0, 60]).all()  # capped, the rest goes by weight
+    with pytest.raises(ValueError):
+        allocate(2, np.array([5, 5, 5]), np.ones(3))
+    # The ranks' blocks tile the rows, in order, on the same global grid whatever the world size.
+    n = 5 * kmeans.BLOCK + 7
+    for world in (1, 2, 3, 8):
+        blocks = [b for r in range(world) for b in Shard(r, world).blocks(n)]
+        assert blocks == Shard().blocks(n) and blocks[-1][1] == n
+
+
 @pytest.fixture
 def tail_index(tmp_path):
     x, truth, _ = planted(LONG_TAIL, seed=2)
