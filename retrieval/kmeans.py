@@ -52,10 +52,10 @@ BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 # computed in two stages. Exact passes and one-by-one seeding both cost rows x clusters:
 # one exact pass of 1M x 10,000 at 384-d takes ~4 min on 2 cores.
 TWO_STAGE_WORK = 1 << 22
-GPU_SCORE_BYTES = 512 << 20
+GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
 MAX_PER_CENTROID = 256  # beyond this many rows per cluster, train on a sample (as Faiss does)
-CELL_BYTES = 256 << 20
-SMALL_WORK = 1 << 26  # multiply-adds below which a search runs on one thread  # a two-stage cell up to this size is held in memory while it is clustered  # score matrix per matmul on a GPU
+CELL_BYTES = 256 << 20  # a two-stage cell up to this size is held in memory while it is clustered
+SMALL_WORK = 1 << 26  # multiply-adds below which a search runs on one thread
 SPLIT_EPS = 1e-3
 # New centres are drawn with probability (1 - cosine to the nearest centre)^2, i.e. D⁴, not
 # k-means++'s D²: on a long tail a big, spread-out cluster holds most of the D² mass and draws
