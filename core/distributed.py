@@ -83,6 +83,26 @@ def all_gather_object(obj: object, group=None) -> list:
     return out
 
 
+def all_reduce_sum_(tensor: "torch.Tensor") -> "torch.Tensor":
+    """Sum ``tensor`` over ranks in place (NCCL needs it on the GPU, gloo on the CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` as rank ``src`` has it, on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

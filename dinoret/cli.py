@@ -36,8 +36,11 @@ class DinoretGroup(click.Group):
         cmd = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
         if cmd is None or not params:
             return ""
-        flags = [next((o for o in p.opts if o.startswith("--")), p.opts[0])
-                 for name in params for p in cmd.params if isinstance(p, click.Option) and p.name == name]
+        # A group's (dinoret curate) own subcommand is gone by now: its subcommands' options stand in.
+        options = [p for c in [cmd, *getattr(cmd, "commands", {}).values()] for p in c.params
+                   if isinstance(p, click.Option)]
+        flags = list(dict.fromkeys(next((o for o in p.opts if o.startswith("--")), p.opts[0])
+                                   for name in params for p in options if p.name == name))
         return f" (see {', '.join(flags)})" if flags else ""
 
     def invoke(self, ctx: click.Context):

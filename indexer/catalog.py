@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import weakref
 from pathlib import Path
 
-from sqlalchemy import JSON, Engine, Float, Integer, LargeBinary, String, create_engine, event, func, select
+from sqlalchemy import JSON, Engine, Float, Integer, LargeBinary, MetaData, String, create_engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -24,8 +25,25 @@ class Base(DeclarativeBase):
     pass
 
 
-def _now() -> dt.datetime:
+def utcnow() -> dt.datetime:
+    """Now in UTC without a zone: how every catalog table stores times."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+_now = utcnow
+_created: "weakref.WeakKeyDictionary[Engine, set]" = weakref.WeakKeyDictionary()
+
+
+def ensure_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create the tables of ``metadata`` in this catalog if needed (once per engine): other
+    parts (dedup reports, clusterings) keep their own tables beside the index's."""
+    done = _created.setdefault(engine, set())
+    if id(metadata) not in done:
+        try:
+            metadata.create_all(engine)
+        except OperationalError:  # another process (a torchrun rank) made them between check and create
+            metadata.create_all(engine)
+        done.add(id(metadata))
 
 
 class IndexInfo(Base):

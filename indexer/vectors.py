@@ -8,6 +8,7 @@ and is deleted by the next writer. Rows of deleted ids stay in their chunk, unus
 """
 from __future__ import annotations
 
+import mmap
 import re
 import threading
 from collections.abc import Iterator
@@ -79,8 +80,11 @@ class VectorStore:
                     self._maps[i] = arr
         return arr
 
-    def get(self, ids) -> np.ndarray:
-        """float32 [n, D], L2-normalised again after the float16 rounding, for committed ``ids``."""
+    def get(self, ids, normalise: bool = True) -> np.ndarray:
+        """float32 [n, D], L2-normalised again after the float16 rounding, for committed ``ids``.
+
+        ``normalise=False`` gives the stored float16 values exactly (curation sums them
+        exactly in float64, so that any split of the work over processes adds up alike)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -102,7 +106,8 @@ class VectorStore:
                 out = np.empty((len(ids), arr.shape[1]), dtype=np.float32)
             order = np.argsort(rows)  # reads in file order are kinder to the page cache
             out[sel[order]] = arr[rows[order]]
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if normalise:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def get_float16(self, ids) -> np.ndarray:
@@ -136,6 +141,17 @@ class VectorStore:
             out[sel] = arr[lo:hi][rows - lo] if hi - lo < 2 * len(rows) else arr[rows]
             del arr  # unmapped: its pages leave this process
         return out
+
+    def drop_pages(self) -> None:
+        """Hand the pages of the chunks read so far back to the OS (they stay in its page
+        cache): a pass over millions of vectors then does not keep them all resident in
+        this process."""
+        with self._lock:
+            maps = list(self._maps.values())
+        for arr in maps:
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     def _covers(self, ids: np.ndarray) -> bool:
         if not self._starts or int(ids.min()) < self._starts[0]:

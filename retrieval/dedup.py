@@ -64,12 +64,12 @@ def _index_items(reader) -> _Items:
     return _Items(
         ids, [r.path for r in recs], [r.width for r in recs], [r.height for r in recs], [r.size for r in recs],
         [r.mtime for r in recs], [r.content_hash for r in recs], [r.pixel_hash for r in recs],
-        reader.store.get_float16(ids),
+        reader.vectors(ids, float16=True),
     )
 
 
 def _folder_items(reader, paths: Sequence[str | os.PathLike], device: str, weights: str | None,
-                  progress: bool) -> tuple[_Items, list[tuple[str, str]]]:
+                  progress: bool, param: str = "against") -> tuple[_Items, list[tuple[str, str]]]:
     """Embed image files exactly as the index was (same decoder, model, preprocessing)."""
     from dinoret.indexer.file_dataset import file_loader
 
@@ -136,7 +136,11 @@ def _against_groups(items: _Items, other: _Items, threshold: float, method: str,
     return groups, {"exact_matches": n_exact, "near_edges": int(len(src))}
 
 
-def _open_against(reader, against, device: str, weights: str | None, progress: bool) -> tuple[_Items, dict]:
+def open_other_set(reader, against, device: str, weights: str | None, progress: bool,
+                   param: str = "against") -> tuple[_Items, dict]:
+    """Another image set as ``against_source`` gives it (an index made with the same model,
+    or image paths embedded with this index's model), with its vectors; ``param`` is the option
+    it came from, for messages. Also used by curation (--seeds, --exclude)."""
     from dinoret.retrieval.index import IndexReader
 
     if isinstance(against, IndexReader):
@@ -144,13 +148,13 @@ def _open_against(reader, against, device: str, weights: str | None, progress: b
 
         problem = identity_mismatch(reader.identity, against.identity)
         if problem:
-            raise UserError(f"the other index {against.root} is not comparable: {problem}", param="against")
+            raise UserError(f"the other index {against.root} is not comparable: {problem}", param=param)
         items = _index_items(against)
         # Its ids number another index's images: in this index's report (and the web UI, which
         # serves images by id) they would name the wrong files, so external items carry none.
         items.ids = None
         return items, {"against_images": len(items)}
-    items, skipped = _folder_items(reader, list(against), device, weights, progress)
+    items, skipped = _folder_items(reader, list(against), device, weights, progress, param)
     return items, {"against_images": len(items), "against_skipped": len(skipped)}
 
 
@@ -189,7 +193,7 @@ def find_duplicates(
     }
     stats: dict = {"images": len(items)}
     if against is not None:
-        other, more = _open_against(reader, against, str(dev), weights, progress)
+        other, more = open_other_set(reader, against, str(dev), weights, progress)
         stats.update(more)
         params["method"] = choose_method(len(items), len(other), dev) if method == "auto" else method
         if len(items) and len(other):
@@ -217,20 +221,20 @@ def find_duplicates(
     return DedupResult(groups, params, stats)
 
 
-def against_source(path: str | os.PathLike) -> tuple[object, str]:
-    """What ``path`` (the other set of a dedup against it) names: an index directory (opened)
-    or a folder/file of images (their paths, found by content). Returns (index reader or path
-    list, label)."""
+def against_source(path: str | os.PathLike, param: str = "against") -> tuple[object, str]:
+    """What ``path`` (the other set of a dedup against it, or a set to exclude) names: an index
+    directory (opened) or a folder/file of images (their paths, found by content). Returns
+    (index reader or path list, label); ``param``: the option it came from, for error messages."""
     from dinoret.indexer.discover import find_images
     from dinoret.indexer.layout import IndexPaths
     from dinoret.retrieval.index import open_index
 
     p = Path(path)
     if not p.exists():
-        raise NotFound(f"{path}: no such file or folder", param="against")
+        raise NotFound(f"{path}: no such file or folder", param=param)
     if IndexPaths.of(p).exists():
         return open_index(p), f"index:{p.resolve()}"
     paths = list(find_images([p]))
     if not paths:
-        raise UserError(f"{path}: no images there (and not an index directory)", param="against")
+        raise UserError(f"{path}: no images there (and not an index directory)", param=param)
     return paths, str(p.resolve())

@@ -89,9 +89,11 @@ class IndexReader:
     def ids(self) -> np.ndarray:
         return self.meta.ids()
 
-    def vectors(self, ids) -> np.ndarray:
+    def vectors(self, ids, float16: bool = False) -> np.ndarray:
+        """Unit float32 vectors of ``ids``; ``float16=True``: the rows exactly as stored (for
+        reading a whole index: no float32 copy of them all)."""
         try:
-            return self.store.get(ids)
+            return self.store.get_float16(ids) if float16 else self.store.get(ids)
         except KeyError as e:  # a chunk file of vectors/ was deleted behind the index's back
             raise IndexUnavailable(f"the index at {self.root} is damaged: {e.args[0]}; rebuild it "
                                    "(`dinoret index` into a new index directory)") from None

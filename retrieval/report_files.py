@@ -32,6 +32,11 @@ _env = jinja2.Environment(
 )
 
 
+def render_template(name: str, **context) -> str:
+    """One of the report templates (``retrieval/templates``) rendered with ``context``."""
+    return _env.get_template(name).render(**context)
+
+
 def report_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The format asked for, else the one the file name says."""
     if fmt:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from sqlalchemy import JSON, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dinoret.indexer.catalog import catalog_read_only
+from dinoret.indexer.catalog import catalog_read_only, utcnow
 from dinoret.retrieval.dedup_result import DedupResult, Group
 from dinoret.core.errors import NotFound, UserError
 
@@ -83,10 +83,6 @@ def _ensure_tables(engine: Engine, write: bool = False) -> bool:
     return True
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
 def review_key(member_ids: Iterable[int]) -> str:
     ids = sorted({int(i) for i in member_ids})
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
@@ -97,7 +93,7 @@ def save_report(engine: Engine, result: DedupResult, files: Iterable[str] = ()) 
     _ensure_tables(engine, write=True)
     with Session(engine) as s, s.begin():
         rep = DedupReport(
-            created=_now(), params=result.params, stats=result.stats, files=[str(f) for f in files],
+            created=utcnow(), params=result.params, stats=result.stats, files=[str(f) for f in files],
             n_groups=len(result.groups), n_images=result.n_images,
         )
         s.add(rep)
@@ -208,7 +204,7 @@ def _upsert_review(engine: Engine, member_ids: list[int], **fields) -> None:
         rev = s.get(DedupReview, key) or DedupReview(key=key, member_ids=ids, verdict=None, keeper_id=None)
         for name, value in fields.items():
             setattr(rev, name, value)
-        rev.updated = _now()
+        rev.updated = utcnow()
         s.add(rev)
 
 

@@ -3,6 +3,8 @@ images, and the real photos in ../shared/data (tests using them skip where it is
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,16 @@ def image_dir(tmp_path) -> Path:
     make_image(d / "sub" / "a.png", seed=100)
     make_image(d / "sub" / "b.png", seed=101, size=(200, 300))
     return d
+
+
+def run_in_own_group(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
+    """Run ``cmd`` (e.g. torchrun) in its own process group, so that a hang is ended together
+    with every worker it started; returns (exit status, stdout and stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, output

@@ -8,6 +8,7 @@ nearest photos (cosine 0.98 against 0.63 for the next one), which the test relie
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import select
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,13 +57,13 @@ def ukbench_index(tmp_path_factory, shared_data, vits14_weights):
     return index_dir
 
 
-@pytest.fixture(scope="module")
-def server(ukbench_index, tmp_path_factory):
-    """`dinoret serve --port 0` in a subprocess on 127.0.0.1; yields its URL."""
-    log = tmp_path_factory.mktemp("serve") / "stderr.log"
+@contextlib.contextmanager
+def serving(index_dir: Path, log_dir: Path) -> Iterator[str]:
+    """`dinoret serve --port 0` over ``index_dir`` in a subprocess on 127.0.0.1; yields its URL."""
+    log = log_dir / "stderr.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dinoret", "serve", "--index", str(ukbench_index), "--host", "127.0.0.1",
+            [sys.executable, "-m", "dinoret", "serve", "--index", str(index_dir), "--host", "127.0.0.1",
              "--port", "0", "--threads", "4"],
             stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -77,6 +79,12 @@ def server(ukbench_index, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(ukbench_index, tmp_path_factory):
+    with serving(ukbench_index, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 def _result_names(page) -> list[str]:

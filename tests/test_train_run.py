@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from dinoret.cli import main
-from tests.conftest import REPO, make_image
+from tests.conftest import REPO, make_image, run_in_own_group
 from tests.test_train_parts import TINY, _pil, one_thread  # noqa: F401 (autouse fixture)
 from dinoret.trainer.config import make_config
 from dinoret.trainer.data import SSLBatches
@@ -119,15 +117,8 @@ def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "torchrun_ddp_fsdp.py"), str(Path(photos[0]).parent), str(tmp_path), *sets]
-    # Its own process group, so a hang is ended with the workers torchrun started.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, output[-3000:]
+    returncode, output = run_in_own_group(cmd, env, timeout=240)
+    assert returncode == 0, output[-3000:]
     losses, teachers = {}, {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode

@@ -62,7 +62,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     """
     from dinoret.retrieval.index import open_index
     from dinoret.core.units import human_size
-    from dinoret.webui import api, errors, pages, queries, security
+    from dinoret.webui import api, errors, clusters, pages, queries, security
 
     app = Flask(__name__)
     app.url_map.converters["int"] = _Int64Converter  # before any route is added
@@ -82,6 +82,7 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(clusters.bp)
     app.jinja_env.filters["bytes"] = human_size
     app.jinja_env.filters["when"] = _when
     return app

@@ -16,16 +16,31 @@ def load_training_image(path: str, draft_size: int | None = None):
     return open_image(path, draft_size=draft_size).image
 
 
-def _discover(data_dirs: tuple[str, ...], output: Path) -> tuple[list[str], list[tuple[str, str]]]:
+def gather_files(data: list[str] | tuple[str, ...], output: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The training images named by ``data``, in order, each once: every image under a
+    folder (found by content, as `dinoret index` finds them), and the paths listed in a
+    selection file (``.txt``, ``.csv`` or ``.json``, as `dinoret curate` writes them).
+    Returns (files, skipped (path, reason))."""
     from dinoret.indexer.discover import find_images
+    from dinoret.retrieval.selection_files import SUFFIXES, read_selection
 
+    files: list[str] = []
     skipped: list[tuple[str, str]] = []
-    files = [str(p) for p in find_images(data_dirs, exclude=[output], on_skip=lambda p, r: skipped.append((str(p), r)))]
-    return files, skipped
+    for item in data:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in SUFFIXES:
+            for listed in read_selection(p):
+                if Path(listed).is_file():
+                    files.append(listed)
+                else:
+                    skipped.append((listed, f"listed in {p.name} but not found"))
+        else:
+            files += [str(f) for f in find_images([p], exclude=[output], on_skip=lambda f, r: skipped.append((str(f), r)))]
+    return list(dict.fromkeys(files)), skipped
 
 
 @click.command("train")
-@click.argument("data_dirs", nargs=-1, type=click.Path(exists=True), metavar="DATA_DIR...")
+@click.argument("data_dirs", nargs=-1, type=click.Path(exists=True), metavar="DATA...")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl, teacher_backbone.pth.")
 @click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -36,7 +51,8 @@ def _discover(data_dirs: tuple[str, ...], output: Path) -> tuple[list[str], list
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
-    """Train a DINOv2 backbone (DINO + iBOT + KoLeo, EMA teacher) on the images under DATA_DIR.
+    """Train a DINOv2 backbone (DINO + iBOT + KoLeo, EMA teacher) on the images under each
+    DATA folder, or listed in a DATA selection file (.txt/.csv/.json, as `dinoret curate` writes).
 
     Writes --output/teacher_backbone.pth (official key layout; use it with
     `dinoret index --weights`), checkpoints and metrics.jsonl. With --resume the run
@@ -46,6 +62,7 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     \b
     Example:
       dinoret train ./photos --output runs/tiny --config configs/tiny.yaml
+      dinoret train train.txt --output runs/curated --config configs/vits14.yaml   # a curate selection
       dinoret train ./photos --output runs/s14 --config configs/vits14.yaml --set train.batch_size_per_gpu=32
       dinoret train --output runs/s14 --resume
       torchrun --nproc_per_node=8 -m dinoret train /data/imgs --output runs/l14 --config configs/vitl14.yaml
@@ -69,8 +86,8 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     files = None
     if not resume:
         if not data_dirs:
-            raise UserError("give at least one DATA_DIR (or --resume to continue a run)")
-        files, bad = _discover(data_dirs, out)
+            raise UserError("give at least one DATA folder or selection file (or --resume to continue a run)")
+        files, bad = gather_files(data_dirs, out)
         if main:
             click.echo(f"{len(files)} images under {', '.join(map(shown, data_dirs))}"
                        + (f"; {len(bad)} unusable files skipped" if bad else ""))

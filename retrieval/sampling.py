@@ -1,0 +1,93 @@
+"""Balanced sampling over a cluster hierarchy (Vo et al. 2024), top down.
+
+The target is split over the top-level clusters with a cap: the largest ``x`` such that
+sum(min(x, size)) stays within the target, every cluster gets min(x, size), and what is
+left (fewer than the clusters that have room) goes one by one to the largest of those
+clusters. Each cluster's share is split over its children the same way, down to the
+leaves; inside a leaf the images closest to its centroid, or random ones, are taken.
+Small clusters are taken whole and big ones are capped, so the selection is flatter over
+the clusters than the pool is. Sizes count images, and only eligible ones (not excluded).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dinoret.core.errors import UserError
+from dinoret.retrieval.hierarchy import Hierarchy
+
+STRATEGIES = ("random", "closest")
+
+
+def id_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per image id and seed (splitmix64): the random order of a
+    leaf does not change when other images join or leave the index."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids, np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def capped_quotas(sizes: np.ndarray, target: int) -> np.ndarray:
+    """Per-cluster counts summing exactly to ``target`` (at most ``sizes``), as flat as the sizes allow."""
+    sizes = np.asarray(sizes, np.int64)
+    if target > sizes.sum():
+        raise ValueError(f"target {target} exceeds the {sizes.sum()} items")
+    lo, hi = 0, int(sizes.max(initial=0))
+    while lo < hi:  # the largest cap whose total stays within the target
+        mid = (lo + hi + 1) // 2
+        if np.minimum(sizes, mid).sum() <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    quotas = np.minimum(sizes, lo)
+    left = int(target - quotas.sum())
+    room = np.flatnonzero(sizes > lo)
+    quotas[room[np.lexsort((room, -sizes[room]))][:left]] += 1  # largest first, ties by cluster number
+    return quotas
+
+
+def _split_down(quota: np.ndarray, parent_of_child: np.ndarray, child_sizes: np.ndarray) -> np.ndarray:
+    """Each parent's quota split over its children by ``capped_quotas``."""
+    out = np.zeros(len(child_sizes), np.int64)
+    order = np.argsort(parent_of_child, kind="stable")
+    bounds = np.searchsorted(parent_of_child[order], np.arange(len(quota) + 1))
+    for p in np.flatnonzero(quota):
+        children = order[bounds[p] : bounds[p + 1]]
+        out[children] = capped_quotas(child_sizes[children], int(quota[p]))
+    return out
+
+
+def leaf_quotas(h: Hierarchy, target: int, eligible: np.ndarray | None = None) -> list[np.ndarray]:
+    """The quota of every cluster at every level (index 0 = level 1), top down from ``target``."""
+    quotas = [None] * h.depth
+    quotas[-1] = capped_quotas(h.sizes(h.depth, eligible), target)
+    for level in range(h.depth, 1, -1):
+        quotas[level - 2] = _split_down(quotas[level - 1], h.parents[level - 2], h.sizes(level - 1, eligible))
+    return quotas
+
+
+def balanced_sample(h: Hierarchy, target: int, strategy: str = "random", seed: int = 0,
+                    eligible: np.ndarray | None = None) -> np.ndarray:
+    """Positions (into ``h.ids``, ascending) of ``target`` images, balanced over the hierarchy."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"the strategy must be random or closest, not {strategy!r}", param="strategy")
+    eligible = np.ones(len(h.ids), bool) if eligible is None else np.asarray(eligible, bool)
+    pool = int(eligible.sum())
+    if target > pool:
+        raise UserError(f"a target of {target} is more than the {pool} images that can be chosen"
+                        + (f" ({len(h.ids) - pool} excluded)" if pool < len(h.ids) else ""), param="target")
+    if target < 1:
+        raise UserError("the target must be at least 1", param="target")
+    quota = leaf_quotas(h, target, eligible)[0]
+    rows = np.flatnonzero(eligible)
+    if strategy == "closest":
+        tiebreak = -h.sims[rows].astype(np.float64)
+    else:
+        tiebreak = id_uniform(h.ids[rows], seed)
+    order = rows[np.lexsort((rows, tiebreak, h.labels[rows]))]  # by leaf, then best first
+    leaves = h.labels[order]
+    first = np.searchsorted(leaves, leaves, side="left")
+    taken = order[(np.arange(len(order)) - first) < quota[leaves]]
+    return np.sort(taken)
