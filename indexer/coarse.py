@@ -21,7 +21,7 @@ import math
 import faiss
 import numpy as np
 
-TWO_LEVEL_MIN_NLIST = 2048  # below this a flat k-means and a flat quantizer are cheap enough
+TWO_LEVEL_MIN_NLIST = 8192  # below this a flat k-means and quantizer are affordable, and recall is better (README: 300k and 1M rows)
 ADD_QUANTIZER_NPROBE = 4  # groups searched for a vector's nearest list when adding (~90% find the exact nearest)
 MIN_SEARCH_QUANTIZER_NPROBE = 16
 PQ_TRAIN_POINTS = 16_384  # 4-bit PQ has 16 centroids per sub-quantizer: Faiss samples 4,096 anyway

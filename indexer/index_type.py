@@ -75,7 +75,7 @@ def ivfpq_spec(n: int, dim: int, ram_bytes_per_vector: int = RAM_BYTES_PER_VECTO
         "trained_for": n,
     }
     if uses_two_levels(nlist):
-        # Past ~250k vectors a flat k-means/quantizer over nlist centroids costs hours on a
+        # Past ~3M vectors a flat k-means/quantizer over nlist centroids costs hours on a
         # small CPU: two-level training and an IVF-Flat quantizer (dinoret.indexer.coarse).
         spec["factory"] = nested_factory(nlist, f"PQ{m}x4fs")
         spec["quantizer_nprobe"] = search_quantizer_nprobe(nlist, nprobe)

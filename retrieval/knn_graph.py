@@ -11,7 +11,7 @@ cosine of the two stored vectors:
 * ``ivfpq``: Faiss IVF with 4-bit fast-scan PQ codes (24 bytes a vector) probed at
   ``nprobe`` lists, whose candidates are re-scored exactly from the stored vectors. The
   index holds codes, not a float32 copy, so memory stays near the float16 vectors' own
-  size; the coarse quantizer is two-level (``dinoret.indexer.coarse``) past 2,048 lists.
+  size; the coarse quantizer is two-level (``dinoret.indexer.coarse``) past 8,192 lists.
 * ``faiss``: an IVF-Flat index (a float32 copy of every vector); kept for comparison.
 
 Vectors come as a :class:`~dinoret.retrieval.unit_vectors.UnitVectors` (float16 rows as
