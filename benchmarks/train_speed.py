@@ -69,8 +69,7 @@ def main() -> None:
     cfg = make_config([args.config], [f"train.batch_size_per_gpu={batch_size}"])
     torch.manual_seed(0)
     meta = SSLMetaArch(cfg).to(device).train()
-    student = meta.student
-    parts = [m for m in (student.backbone, student.dino_head, student.ibot_head) if m is not None]
+    parts = meta.trainable_parts()
     opt = build_optimizer(parts, cfg)
     batches = [random_batch(cfg, s) for s in range(2)]
     if gpu:
@@ -84,7 +83,7 @@ def main() -> None:
         for m in parts:
             torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["optim"]["clip_grad"])
         opt.step()
-        meta.update_teacher(0.994)
+        meta.update_ema(0.994)
 
     for i in range(warmup):
         step(i)

@@ -79,7 +79,7 @@ def test_loss_falls_when_overfitting_one_batch(photos) -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(meta.forward_backward(batch, teacher_temp=0.04)["total_loss"].item())
         opt.step()
-        meta.update_teacher(1.0)
+        meta.update_ema(1.0)
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
 
 

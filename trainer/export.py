@@ -1,4 +1,4 @@
-"""``teacher_backbone.pth``: the teacher's backbone as a bare state dict in the official key layout.
+"""``teacher_backbone.pth`` / ``student_backbone.pth``: a backbone as a bare state dict in the official key layout.
 
 Such a file carries no architecture, so :func:`dinoret.core.weights.infer_config` reads it
 back from the tensor shapes and the DINOv2 conventions (64-dim heads for non-official
@@ -38,13 +38,13 @@ def atomic_save(obj: object, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def backbone_state(teacher_state: dict) -> dict:
-    """``backbone.*`` keys of a teacher state dict, prefix removed (the official layout)."""
-    return {k.removeprefix("backbone."): v for k, v in teacher_state.items() if k.startswith("backbone.")}
+def backbone_state(model_state: dict) -> dict:
+    """``backbone.*`` keys of a student or teacher state dict, prefix removed (the official layout)."""
+    return {k.removeprefix("backbone."): v for k, v in model_state.items() if k.startswith("backbone.")}
 
 
-def export_teacher_backbone(teacher_state: dict, path: str | Path) -> None:
-    atomic_save(backbone_state(teacher_state), path)
+def export_backbone(model_state: dict, path: str | Path) -> None:
+    atomic_save(backbone_state(model_state), path)
 
 
 def check_exportable(cfg: BackboneConfig) -> str:
