@@ -7,7 +7,8 @@ they share the machine alike:
 
 * ``heads``: `dinoret distill` against the teacher run's frozen DINO/iBOT heads;
 * ``feature``: `dinoret distill --method feature` (what an official checkpoint allows);
-* ``scratch``: `dinoret train` of the same student architecture.
+* ``scratch``: `dinoret train` of the same student architecture (``--scratch-config``,
+  configs/cpu_small.yaml, with the student's size).
 
 The iteration count of each arm is set from its own step time, measured first (all arms
 at once, as they will run); the schedules (warm-up, cosine) keep their shape. Then every
@@ -41,7 +42,7 @@ from train_eval import evaluate, training_files  # noqa: E402
 
 from dinoret.commands.train import load_training_image  # noqa: E402
 from dinoret.core.weights import load_backbone  # noqa: E402
-from dinoret.trainer.config import largest_crop, make_config  # noqa: E402
+from dinoret.trainer.config import largest_crop, make_config, read_config_file  # noqa: E402
 from dinoret.trainer.distill import distill, make_distill_config  # noqa: E402
 from dinoret.trainer.train import train  # noqa: E402
 
@@ -49,9 +50,12 @@ ARMS = ("heads", "feature", "scratch")
 
 
 def _arm_config(args, arm: str) -> tuple[list[str], list[str]]:
-    """(config files, overrides) of an arm, before its iteration count is set."""
+    """(config files, overrides) of an arm, before its iteration count is set. The scratch arm
+    trains the distillation config's student architecture with the scratch config's recipe."""
     if arm == "scratch":
-        return [args.scratch_config], list(args.scratch_sets)
+        student = read_config_file(args.config).get("student", {})
+        same = [f"student.{k}={student[k]}" for k in ("arch", "embed_dim", "depth", "num_heads", "layerscale") if k in student]
+        return [args.scratch_config], same + list(args.scratch_sets)
     return [args.config], [f"distill.method={arm}", *args.sets]
 
 
@@ -109,7 +113,7 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, required=True, help="a `dinoret train` run folder")
     ap.add_argument("--output", type=Path, default=REPO / "runs" / "distill_study")
     ap.add_argument("--config", default=str(REPO / "configs" / "distill_cpu_small.yaml"))
-    ap.add_argument("--scratch-config", default=str(REPO / "configs" / "cpu_student.yaml"))
+    ap.add_argument("--scratch-config", default=str(REPO / "configs" / "cpu_small.yaml"))
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="distillation arms")
     ap.add_argument("--scratch-set", dest="scratch_sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)

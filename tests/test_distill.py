@@ -163,13 +163,14 @@ def test_cli_distils_and_the_index_command_uses_the_student(teacher_run, photos,
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(teacher_run, photos, tmp_path) -> None:
-    """Two gloo processes with DDP: both ranks end with the same weights."""
+def test_torchrun_two_processes_ddp_and_fsdp(teacher_run, photos, tmp_path) -> None:
+    """Two gloo processes: DDP ranks end with the same weights; FSDP (student and EMA sharded,
+    the teacher whole on each rank) computes bit for bit what DDP computes."""
     sets = [a for s in STUDENT + ["optim.clip_grad=0"] for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dinoret",
-           "distill", str(Path(photos[0]).parent), "--teacher", str(teacher_run), "--output", str(tmp_path / "ddp"),
-           *sets, "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), "distill", str(Path(photos[0]).parent), str(tmp_path),
+           "--teacher", str(teacher_run), *sets]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -178,10 +179,15 @@ def test_torchrun_two_processes(teacher_run, photos, tmp_path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, output[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    start = next(r for r in records if r["event"] == "start")
-    end = next(r for r in records if r["event"] == "end")
-    assert start["world_size"] == 2 and start["mode"] == "ddp" and start["global_batch"] == 8
-    assert len(end["weights_sha256"]) == 2 and len(set(end["weights_sha256"])) == 1
-    assert len([r for r in records if r["event"] == "step"]) == 6
+    losses, students = {}, {}
+    for mode in ("ddp", "fsdp"):
+        records = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        start = next(r for r in records if r["event"] == "start")
+        end = next(r for r in records if r["event"] == "end")
+        assert start["world_size"] == 2 and start["mode"] == mode and start["global_batch"] == 8
+        assert len(end["weights_sha256"]) == 2 and len(set(end["weights_sha256"])) == 1
+        losses[mode] = [r["total_loss"] for r in records if r["event"] == "step"]
+        students[mode] = torch.load(tmp_path / mode / "student_backbone.pth", weights_only=True)
+    assert len(losses["ddp"]) == 6 and losses["fsdp"] == losses["ddp"]
+    assert all(torch.equal(students["fsdp"][k], v) for k, v in students["ddp"].items())
     assert load_backbone(weights=tmp_path / "ddp" / "student_backbone.pth").config.depth == 1

@@ -118,7 +118,7 @@ def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
     sets = [a for s in RUN + ["optim.clip_grad=0"] for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), str(Path(photos[0]).parent), str(tmp_path), *sets]
+           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), "train", str(Path(photos[0]).parent), str(tmp_path), *sets]
     # Its own process group, so a hang is ended with the workers torchrun started.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
