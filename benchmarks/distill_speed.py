@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,13 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from train_speed import random_batch  # noqa: E402
+from train_speed import seconds_per_step  # noqa: E402
 
-from dinoret.core.devices import autocast, resolve_device  # noqa: E402
+from dinoret.core.devices import resolve_device  # noqa: E402
 from dinoret.core.models import build_model  # noqa: E402
 from dinoret.trainer.config import make_config  # noqa: E402
 from dinoret.trainer.distill import DistillMetaArch, Teacher, make_distill_config  # noqa: E402
-from dinoret.trainer.optim import apply_schedules, build_optimizer  # noqa: E402
 from dinoret.trainer.ssl import Student  # noqa: E402
 
 
@@ -70,32 +68,9 @@ def main() -> None:
         cfg = make_distill_config([REPO / "configs" / "distill_vits14.yaml"], sets)
         torch.manual_seed(0)
         meta = DistillMetaArch(cfg, t).to(device).train()
-        parts = meta.trainable_parts()
-        opt = build_optimizer(parts, cfg)
-        batches = [random_batch(cfg, s) for s in range(2)]
         if gpu:
-            batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
             torch.cuda.reset_peak_memory_stats(device)
-
-        def step(i: int) -> None:
-            apply_schedules(opt, lr=1e-4, wd=0.04, last_layer_lr=1e-4)
-            opt.zero_grad(set_to_none=True)
-            meta.forward_backward(batches[i % 2], teacher_temp=0.07, autocast=autocast(device))
-            for m in parts:
-                torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["optim"]["clip_grad"])
-            opt.step()
-            meta.update_ema(0.994)
-
-        for i in range(warmup):
-            step(i)
-        if gpu:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(iterations):
-            step(i)
-        if gpu:
-            torch.cuda.synchronize(device)
-        seconds = (time.perf_counter() - t0) / iterations
+        seconds = seconds_per_step(meta, cfg, device, warmup, iterations)
         results.append({
             "method": method,
             "teacher": "ViT-L/14" + (" + DINO/iBOT head (65,536 prototypes)" if method == "heads" else ""),
@@ -108,7 +83,7 @@ def main() -> None:
             "images_per_s": round(batch_size / seconds, 2),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if gpu else None,
         })
-        del meta, opt, t
+        del meta, t
     print(json.dumps({"torch": torch.__version__, "results": results}, indent=2))
 
 

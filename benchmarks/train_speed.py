@@ -51,30 +51,15 @@ def random_batch(cfg: dict, seed: int) -> dict:
                    random.Random(seed))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=str(REPO / "configs" / "vits14.yaml"))
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=None, help="per device [default: 64 on GPU, 8 on CPU]")
-    ap.add_argument("--iterations", type=int, default=None, help="timed iterations [default: 20 GPU, 3 CPU]")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations first [default: 5 GPU, 1 CPU]")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+def seconds_per_step(meta, cfg: dict, device: torch.device, warmup: int, iterations: int) -> float:
+    """Mean wall time of a whole training step of ``meta`` (a meta-architecture of
+    dinoret.trainer) on two alternating random batches, after ``warmup`` untimed steps."""
     gpu = device.type == "cuda"
-    batch_size = args.batch_size or (64 if gpu else 8)
-    iterations = args.iterations or (20 if gpu else 3)
-    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    cfg = make_config([args.config], [f"train.batch_size_per_gpu={batch_size}"])
-    torch.manual_seed(0)
-    meta = SSLMetaArch(cfg).to(device).train()
     parts = meta.trainable_parts()
     opt = build_optimizer(parts, cfg)
     batches = [random_batch(cfg, s) for s in range(2)]
     if gpu:
         batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step(i: int) -> None:
         apply_schedules(opt, lr=1e-4, wd=0.04, last_layer_lr=1e-4)
@@ -94,7 +79,30 @@ def main() -> None:
         step(i)
     if gpu:
         torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - t0) / iterations
+    return (time.perf_counter() - t0) / iterations
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "vits14.yaml"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=None, help="per device [default: 64 on GPU, 8 on CPU]")
+    ap.add_argument("--iterations", type=int, default=None, help="timed iterations [default: 20 GPU, 3 CPU]")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations first [default: 5 GPU, 1 CPU]")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    batch_size = args.batch_size or (64 if gpu else 8)
+    iterations = args.iterations or (20 if gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    cfg = make_config([args.config], [f"train.batch_size_per_gpu={batch_size}"])
+    torch.manual_seed(0)
+    meta = SSLMetaArch(cfg).to(device).train()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = seconds_per_step(meta, cfg, device, warmup, iterations)
     result = {
         "model": "ViT-S/14 (configs/vits14.yaml)",
         "device": torch.cuda.get_device_name(device) if gpu else f"CPU {platform.machine()}, {args.threads} threads",

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +14,9 @@ from dinoret.core.weights import load_backbone
 from dinoret.trainer.distill import DistillMetaArch, distill, load_teacher, make_distill_config
 from dinoret.trainer.optim import apply_schedules, build_optimizer
 from dinoret.trainer.train import train
-from tests.conftest import REPO, make_image
+from tests.conftest import make_image
 from tests.test_train_parts import TINY, _pil, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_train_run import torchrun_ddp_and_fsdp
 
 TEACHER_RUN = TINY + ["optim.epochs=1", "train.OFFICIAL_EPOCH_LENGTH=2", "optim.warmup_epochs=0",
                       "teacher.warmup_teacher_temp_epochs=0"]
@@ -167,18 +164,7 @@ def test_torchrun_two_processes_ddp_and_fsdp(teacher_run, photos, tmp_path) -> N
     """Two gloo processes: DDP ranks end with the same weights; FSDP (student and EMA sharded,
     the teacher whole on each rank) computes bit for bit what DDP computes."""
     sets = [a for s in STUDENT + ["optim.clip_grad=0"] for a in ("--set", s)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), "distill", str(Path(photos[0]).parent), str(tmp_path),
-           "--teacher", str(teacher_run), *sets]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, output[-3000:]
+    torchrun_ddp_and_fsdp("distill", Path(photos[0]).parent, tmp_path, "--teacher", str(teacher_run), *sets)
     losses, students = {}, {}
     for mode in ("ddp", "fsdp"):
         records = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]

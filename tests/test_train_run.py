@@ -108,17 +108,11 @@ def test_cli_trains_and_the_index_command_uses_the_backbone(photos, tmp_path) ->
     assert "indexed 8" in idx.output
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
-    """DDP keeps identical weights on both ranks; FSDP computes exactly what DDP computes.
-
-    Without gradient clipping: clipping is exact too, but its norm is summed in another
-    order under FSDP, and Adam turns such last-bit differences in tiny gradients into
-    visible ones within a few steps."""
-    sets = [a for s in RUN + ["optim.clip_grad=0"] for a in ("--set", s)]
+def torchrun_ddp_and_fsdp(command: str, data: Path, out: Path, *args: str) -> None:
+    """``dinoret COMMAND`` in two gloo processes, DDP then FSDP (tests/torchrun_ddp_fsdp.py)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), "train", str(Path(photos[0]).parent), str(tmp_path), *sets]
+           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), command, str(data), str(out), *args]
     # Its own process group, so a hang is ended with the workers torchrun started.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -128,6 +122,17 @@ def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
+    """DDP keeps identical weights on both ranks; FSDP computes exactly what DDP computes.
+
+    Without gradient clipping: clipping is exact too, but its norm is summed in another
+    order under FSDP, and Adam turns such last-bit differences in tiny gradients into
+    visible ones within a few steps."""
+    sets = [a for s in RUN + ["optim.clip_grad=0"] for a in ("--set", s)]
+    torchrun_ddp_and_fsdp("train", Path(photos[0]).parent, tmp_path, *sets)
     losses, teachers = {}, {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode

@@ -36,7 +36,7 @@ from dinoret.trainer import checkpoint
 from dinoret.trainer.config import DEFAULTS, make_config, read_config_file
 from dinoret.trainer.data import LoadImage
 from dinoret.trainer.losses import KoLeoLoss
-from dinoret.trainer.ssl import DinoObjective, Student, batch_to, ema_update, load_pretrained
+from dinoret.trainer.ssl import DinoObjective, MetaArch, Student, batch_to, load_pretrained
 
 log = logging.getLogger("dinoret.train")
 
@@ -195,7 +195,7 @@ class FeatureObjective(nn.Module):
         pass
 
 
-class DistillMetaArch(nn.Module):
+class DistillMetaArch(MetaArch):
     """Frozen teacher, student, the student's EMA (the result) and the objective."""
 
     task = "distill"
@@ -231,31 +231,15 @@ class DistillMetaArch(nn.Module):
         if resolve_device(cfg["train"]["device"]).type == "cuda" and cfg["train"]["precision"] != "fp32":
             self.teacher.to(torch.bfloat16)  # it runs under bf16 autocast anyway; this halves its memory
 
-    def train(self, mode: bool = True) -> "DistillMetaArch":
-        super().train(mode)
-        self.teacher.eval()
-        self.student_ema.eval()
-        return self
-
     @property
     def ema(self) -> Student:
         return self.student_ema
 
-    @property
-    def student_module(self) -> Student:
-        return getattr(self.student, "module", self.student)
-
-    def trainable_parts(self) -> list[nn.Module]:
-        return self.student_module.parts()
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher, self.student_ema]
 
     def saved_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "student_ema": self.student_ema}
-
-    def loss_state(self) -> dict:
-        return self.objective.loss_state()
-
-    def load_loss_state(self, state: dict) -> None:
-        self.objective.load_loss_state(state)
 
     def checkpoint_extra(self) -> dict:
         t = self.teacher_source
@@ -297,10 +281,6 @@ class DistillMetaArch(nn.Module):
         total.backward()
         losses["total_loss"] = total.detach()
         return {k: v.detach() for k, v in losses.items()}
-
-    @torch.no_grad()
-    def update_ema(self, momentum: float) -> None:
-        ema_update(self.student_ema, self.student_module, momentum)
 
 
 def _dtype(module: nn.Module) -> torch.dtype:

@@ -218,7 +218,49 @@ def batch_to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-class SSLMetaArch(nn.Module):
+class MetaArch(nn.Module):
+    """What the training loop drives (see the module docstring). Subclasses set ``student``,
+    ``ema`` and ``objective``, and the class attributes ``task``, ``final_key``, ``export_name``."""
+
+    task: str
+    final_key: str
+    export_name: str
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that never train (kept in eval mode)."""
+        return [self.ema]
+
+    def train(self, mode: bool = True) -> "MetaArch":
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    @property
+    def student_module(self) -> Student:
+        """The student without its DDP wrapper."""
+        return getattr(self.student, "module", self.student)
+
+    def trainable_parts(self) -> list[nn.Module]:
+        return self.student_module.parts()
+
+    def loss_state(self) -> dict[str, Tensor]:
+        return self.objective.loss_state()
+
+    def load_loss_state(self, state: dict) -> None:
+        self.objective.load_loss_state(state)
+
+    def checkpoint_extra(self) -> dict:
+        """What a checkpoint records besides weights, optimizer and loss state."""
+        return {}
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """ema = m * ema + (1 - m) * student, parameter by parameter (local shards under FSDP)."""
+        ema_update(self.ema, self.student_module, momentum)
+
+
+class SSLMetaArch(MetaArch):
     """Student, teacher, losses; ``student`` may be replaced by its DDP/FSDP wrapper."""
 
     task = "train"
@@ -239,36 +281,13 @@ class SSLMetaArch(nn.Module):
         if not self.objective.do_ibot:  # never masked: no gradient, no optimizer state (resume needs all or none)
             self.student.backbone.mask_token.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "SSLMetaArch":
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
     @property
     def ema(self) -> Student:
         """The EMA of the student: here the teacher itself."""
         return self.teacher
 
-    @property
-    def student_module(self) -> Student:
-        """The student without its DDP wrapper."""
-        return getattr(self.student, "module", self.student)
-
-    def trainable_parts(self) -> list[nn.Module]:
-        return self.student_module.parts()
-
     def saved_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "teacher": self.teacher}
-
-    def loss_state(self) -> dict[str, Tensor]:
-        return self.objective.loss_state()
-
-    def load_loss_state(self, state: dict) -> None:
-        self.objective.load_loss_state(state)
-
-    def checkpoint_extra(self) -> dict:
-        """What a checkpoint records besides weights and optimizer (nothing more for self-distillation)."""
-        return {}
 
     def forward_backward(self, batch: dict, teacher_temp: float, autocast: AbstractContextManager | None = None) -> dict[str, Tensor]:
         """Losses of one batch, back-propagated into the student; returns the displayed terms."""
@@ -289,11 +308,6 @@ class SSLMetaArch(nn.Module):
         total.backward()
         losses["total_loss"] = total.detach()
         return {k: v.detach() for k, v in losses.items()}
-
-    @torch.no_grad()
-    def update_ema(self, momentum: float) -> None:
-        """teacher = m * teacher + (1 - m) * student, parameter by parameter (local shards under FSDP)."""
-        ema_update(self.ema, self.student_module, momentum)
 
 
 @torch.no_grad()

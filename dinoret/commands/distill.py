@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from dinoret.commands.train import _discover, load_training_image
+from dinoret.commands.train import load_training_image, report, training_files
 from dinoret.options import device_option
 
 _ARCHS = ("vit_small", "vit_base", "vit_large", "vit_giant2")
@@ -58,25 +58,10 @@ def command(data_dirs, teacher, output, arch, method, configs, sets, resume, dev
     sets += [f"train.device={device}"] if device != "auto" else []
     saved = out / "config.yaml"
     cfg = make_distill_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
-    files = None
-    if not resume:
-        if not data_dirs:
-            raise UserError("give at least one DATA_DIR (or --resume to continue a run)")
-        if not teacher:
-            raise UserError("give the teacher: --teacher NAME|FILE|RUN_DIR")
-        files, bad = _discover(data_dirs, out)
-        if main:
-            click.echo(f"{len(files)} images under {', '.join(data_dirs)}" + (f"; {len(bad)} unusable files skipped" if bad else ""))
-            for path, reason in bad[:20]:
-                click.echo(f"  skipped {path}: {reason}")
-    elif data_dirs and main:
-        click.echo("--resume: training on the files recorded when the run started")
+    if not resume and not teacher:
+        raise UserError("give the teacher: --teacher NAME|FILE|RUN_DIR")
+    files = training_files(data_dirs, out, resume, main)
     load = partial(load_training_image, draft_size=largest_crop(cfg))
     summary = distill(files, load, out, teacher, configs, sets, resume=resume, progress=not quiet)
     if main:
-        losses = summary["losses"]
-        click.echo(
-            f"{summary['iterations']}/{summary['total_iterations']} iterations, loss {losses.get('total_loss', float('nan')):.4f}, "
-            f"{summary['images_per_s']:.1f} images/s, {len(summary['skipped'])} files skipped while training"
-        )
-        click.echo(f"student backbone: {out / 'student_backbone.pth'} (dinoret index PHOTOS --weights {out / 'student_backbone.pth'})")
+        report(summary, out / "student_backbone.pth")
