@@ -51,6 +51,37 @@ def random_batch(cfg: dict, seed: int) -> dict:
                    random.Random(seed))
 
 
+def seconds_per_step(meta, cfg: dict, device: torch.device, warmup: int, iterations: int) -> float:
+    """Mean wall time of a whole training step of ``meta`` (a meta-architecture of
+    dinoret.trainer) on two alternating random batches, after ``warmup`` untimed steps."""
+    gpu = device.type == "cuda"
+    parts = meta.trainable_parts()
+    opt = build_optimizer(parts, cfg)
+    batches = [random_batch(cfg, s) for s in range(2)]
+    if gpu:
+        batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+
+    def step(i: int) -> None:
+        apply_schedules(opt, lr=1e-4, wd=0.04, last_layer_lr=1e-4)
+        opt.zero_grad(set_to_none=True)
+        meta.forward_backward(batches[i % 2], teacher_temp=0.07, autocast=autocast(device))
+        for m in parts:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["optim"]["clip_grad"])
+        opt.step()
+        meta.update_ema(0.994)
+
+    for i in range(warmup):
+        step(i)
+    if gpu:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(iterations):
+        step(i)
+    if gpu:
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / iterations
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "vits14.yaml"))
@@ -69,33 +100,9 @@ def main() -> None:
     cfg = make_config([args.config], [f"train.batch_size_per_gpu={batch_size}"])
     torch.manual_seed(0)
     meta = SSLMetaArch(cfg).to(device).train()
-    student = meta.student
-    parts = [m for m in (student.backbone, student.dino_head, student.ibot_head) if m is not None]
-    opt = build_optimizer(parts, cfg)
-    batches = [random_batch(cfg, s) for s in range(2)]
     if gpu:
-        batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
         torch.cuda.reset_peak_memory_stats(device)
-
-    def step(i: int) -> None:
-        apply_schedules(opt, lr=1e-4, wd=0.04, last_layer_lr=1e-4)
-        opt.zero_grad(set_to_none=True)
-        meta.forward_backward(batches[i % 2], teacher_temp=0.07, autocast=autocast(device))
-        for m in parts:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["optim"]["clip_grad"])
-        opt.step()
-        meta.update_teacher(0.994)
-
-    for i in range(warmup):
-        step(i)
-    if gpu:
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for i in range(iterations):
-        step(i)
-    if gpu:
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - t0) / iterations
+    seconds = seconds_per_step(meta, cfg, device, warmup, iterations)
     result = {
         "model": "ViT-S/14 (configs/vits14.yaml)",
         "device": torch.cuda.get_device_name(device) if gpu else f"CPU {platform.machine()}, {args.threads} threads",

@@ -6,7 +6,8 @@ download URL (when online). A file may be
 * an official DINOv2 checkpoint (a bare state dict in the official key layout),
 * a dinoret backbone file (``save_backbone``): ``{"dinoret": "backbone", "name", "config", "state_dict"}``,
 * a dinoret training checkpoint: ``{"dinoret": "train", "backbone_name", "backbone_config", "teacher"}``
-  where ``teacher`` holds the teacher's modules and its backbone keys start with ``backbone.``.
+  where ``teacher`` holds the teacher's modules and its backbone keys start with ``backbone.``
+  (a ``dinoret distill`` checkpoint names its result entry in ``"final"``: the student's EMA).
 
 A bare state dict of a non-official size says nothing of its head count; a sidecar
 ``<file>.json`` (``{"name", "config"}``, written by :func:`write_sidecar`) does. Without one
@@ -143,8 +144,8 @@ def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None
     if kind == "backbone":
         return obj.get("name"), BackboneConfig.from_dict(obj["config"]), obj["state_dict"]
     if kind == "train":
-        teacher = obj["teacher"]
-        sd = {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
+        result = obj[obj.get("final", "teacher")]
+        sd = {k.removeprefix("backbone."): v for k, v in result.items() if k.startswith("backbone.")}
         return obj.get("backbone_name"), BackboneConfig.from_dict(obj["backbone_config"]), sd
     return None, None, obj
 

@@ -74,7 +74,7 @@ def test_schedules_warmup_cosine_and_frozen_last_layer() -> None:
 
 def test_param_groups_layerwise_decay_and_no_decay() -> None:
     cfg = make_config(overrides=TINY)
-    student = Student(cfg)
+    student = Student.from_config(cfg)
     opt = build_optimizer([student.backbone, student.dino_head], cfg)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     named = dict(student.named_parameters())
@@ -91,7 +91,7 @@ def test_param_groups_layerwise_decay_and_no_decay() -> None:
     assert mult("backbone.patch_embed.proj.weight")[0] == pytest.approx(0.9**3 * 0.2)
     assert mult("dino_head.mlp.0.weight") == (1.0, 1.0, False)
     assert mult("dino_head.last_layer.parametrizations.weight.original1")[2] is True
-    with_registers = Student(make_config(overrides=TINY + ["student.num_register_tokens=2"])).backbone
+    with_registers = Student.from_config(make_config(overrides=TINY + ["student.num_register_tokens=2"])).backbone
     reg_group = next(g for g in build_optimizer([with_registers], cfg).param_groups
                      if any(p is with_registers.register_tokens for p in g["params"]))
     assert reg_group["lr_multiplier"] == pytest.approx(0.9**3)  # an embedding, like cls_token
@@ -103,8 +103,8 @@ def test_param_groups_layerwise_decay_and_no_decay() -> None:
 
 def test_drop_path_uniform_and_teacher_without() -> None:
     cfg = make_config(overrides=TINY + ["student.drop_path_rate=0.2"])
-    assert [b.drop_path for b in Student(cfg, 0.2, drop_path_uniform=True).backbone.blocks] == [0.2, 0.2]
-    assert [b.drop_path for b in Student(cfg, 0.2, drop_path_uniform=False).backbone.blocks] == [0.0, 0.2]
+    assert [b.drop_path for b in Student.from_config(cfg, 0.2, drop_path_uniform=True).backbone.blocks] == [0.2, 0.2]
+    assert [b.drop_path for b in Student.from_config(cfg, 0.2, drop_path_uniform=False).backbone.blocks] == [0.0, 0.2]
 
 
 def test_masking_ratios_and_weights() -> None:

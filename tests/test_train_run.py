@@ -77,7 +77,7 @@ def test_loss_falls_when_overfitting_one_batch(photos) -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(meta.forward_backward(batch, teacher_temp=0.04)["total_loss"].item())
         opt.step()
-        meta.update_teacher(1.0)
+        meta.update_ema(1.0)
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
 
 
@@ -106,6 +106,15 @@ def test_cli_trains_and_the_index_command_uses_the_backbone(photos, tmp_path) ->
     assert "indexed 8" in idx.output
 
 
+def torchrun_ddp_and_fsdp(command: str, data: Path, out: Path, *args: str) -> None:
+    """``dinoret COMMAND`` in two gloo processes, DDP then FSDP (tests/torchrun_ddp_fsdp.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), command, str(data), str(out), *args]
+    returncode, output = run_in_own_group(cmd, env, timeout=240)
+    assert returncode == 0, output[-3000:]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
     """DDP keeps identical weights on both ranks; FSDP computes exactly what DDP computes.
@@ -114,11 +123,7 @@ def test_torchrun_two_processes_ddp_and_fsdp(photos, tmp_path) -> None:
     order under FSDP, and Adam turns such last-bit differences in tiny gradients into
     visible ones within a few steps."""
     sets = [a for s in RUN + ["optim.clip_grad=0"] for a in ("--set", s)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "torchrun_ddp_fsdp.py"), str(Path(photos[0]).parent), str(tmp_path), *sets]
-    returncode, output = run_in_own_group(cmd, env, timeout=240)
-    assert returncode == 0, output[-3000:]
+    torchrun_ddp_and_fsdp("train", Path(photos[0]).parent, tmp_path, *sets)
     losses, teachers = {}, {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode

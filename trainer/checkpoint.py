@@ -1,11 +1,13 @@
 """Training checkpoints: written atomically, enough to continue bit for bit.
 
-A checkpoint holds student, teacher, optimizer, the loss centres, the iteration to run
-next, the config, and every rank's RNG states. Batches are a function of the iteration
-(:mod:`dinoret.trainer.data`), so the iteration is the data position. The file is also a
-weights file: ``{"dinoret": "train", "backbone_name", "backbone_config", "teacher"}``
-is the format :func:`dinoret.core.weights.read_checkpoint` reads, and everything in it loads
-with ``torch.load(weights_only=True)``.
+A checkpoint holds the meta-architecture's saved modules (student and teacher for
+``dinoret train``; student and its EMA for ``dinoret distill``), optimizer, the loss
+centres, the iteration to run next, the config, and every rank's RNG states. Batches are a
+function of the iteration (:mod:`dinoret.trainer.data`), so the iteration is the data
+position. The file is also a weights file: ``{"dinoret": "train", "backbone_name",
+"backbone_config", "final", <final>}`` (``final`` names the entry holding the result,
+``teacher`` when absent) is the format :func:`dinoret.core.weights.read_checkpoint` reads,
+and everything in it loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 from dinoret.core.errors import UserError
 from dinoret.core.files import atomic_path
 from dinoret.trainer.distributed import DistContext, all_gather_object
-from dinoret.trainer.export import export_teacher_backbone
+from dinoret.trainer.export import export_backbone
 
 log = logging.getLogger("dinoret.train")
 
@@ -74,9 +76,8 @@ def restore_rng(state: dict) -> None:
 def save(output_dir: Path, meta, optimizer: torch.optim.Optimizer, iteration: int, ctx: DistContext,
          extra: dict, keep: int) -> Path | None:
     """Collective (every rank calls it); rank 0 writes ``checkpoint_<iteration>.pth`` and
-    ``teacher_backbone.pth`` and drops all but the newest ``keep`` checkpoints."""
-    teacher = get_model_state_dict(meta.teacher, options=_GATHER)
-    student = get_model_state_dict(meta.student, options=_GATHER)
+    the result's backbone (``meta.export_name``) and drops all but the newest ``keep`` checkpoints."""
+    modules = {name: get_model_state_dict(m, options=_GATHER) for name, m in meta.saved_modules().items()}
     optim = get_optimizer_state_dict(meta.student, optimizer, options=_GATHER)
     rng = all_gather_object(capture_rng())
     if not ctx.is_main:
@@ -84,19 +85,19 @@ def save(output_dir: Path, meta, optimizer: torch.optim.Optimizer, iteration: in
     state = {
         **extra,
         "dinoret": "train",
+        "task": meta.task,
+        "final": meta.final_key,
         "iteration": iteration,
         "world_size": ctx.world_size,
-        "teacher": teacher,
-        "student": student,
+        **modules,
         "optimizer": optim,
-        "dino_center": meta.dino_loss.center.detach().cpu(),
-        "ibot_center": meta.ibot_loss.center.detach().cpu(),
+        **meta.loss_state(),
         "rng": rng,
     }
     path = checkpoint_path(output_dir, iteration)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    export_teacher_backbone(teacher, Path(output_dir) / "teacher_backbone.pth")
+    export_backbone(modules[meta.final_key], Path(output_dir) / meta.export_name)
     for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -127,11 +128,10 @@ def latest(output_dir: Path) -> dict | None:
 
 def restore(state: dict, meta, optimizer: torch.optim.Optimizer, ctx: DistContext) -> None:
     """Load a checkpoint read by every rank into the (possibly wrapped) model and optimizer."""
-    set_model_state_dict(meta.student, state["student"], options=_LOAD)
-    set_model_state_dict(meta.teacher, state["teacher"], options=_LOAD)
+    for name, module in meta.saved_modules().items():
+        set_model_state_dict(module, state[name], options=_LOAD)
     set_optimizer_state_dict(meta.student, optimizer, state["optimizer"], options=_LOAD)
-    meta.dino_loss.center.copy_(state["dino_center"])
-    meta.ibot_loss.center.copy_(state["ibot_center"])
+    meta.load_loss_state(state)
     if state["world_size"] == ctx.world_size:
         restore_rng(state["rng"][ctx.rank])
     else:

@@ -1,8 +1,9 @@
 """Training under torch.distributed; the same code runs as one process.
 
 DDP replicates the student (small and medium models); FSDP (``fully_shard``, one unit
-per transformer block and per head) shards student and teacher alike, so the EMA
-update pairs local shards.
+per transformer block and per head) shards the student and its EMA (the teacher of
+``dinoret train``) alike, so the EMA update pairs local shards. A frozen distillation
+teacher is not wrapped: every rank holds it whole.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def choose_mode(requested: str, embed_dim: int, world_size: int) -> str:
 
 
 def wrap(meta: nn.Module, mode: str, ctx: DistContext) -> None:
-    """Wrap ``meta.student`` (and shard ``meta.teacher`` under FSDP) in place."""
+    """Wrap ``meta.student`` (and shard ``meta.ema`` alike under FSDP) in place."""
     if mode == "ddp":
         meta.student = nn.parallel.DistributedDataParallel(
             meta.student, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
@@ -38,12 +39,11 @@ def wrap(meta: nn.Module, mode: str, ctx: DistContext) -> None:
         # The student's outputs are split views that are only read, never modified in place.
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-        for model in (meta.student, meta.teacher):
+        for model in (meta.student, meta.ema):
             for block in model.backbone.blocks:
                 fully_shard(block, mesh=mesh)
-            for head in (model.dino_head, model.ibot_head):
-                if head is not None:
-                    fully_shard(head, mesh=mesh)
+            for part in model.parts()[1:]:  # heads and projectors
+                fully_shard(part, mesh=mesh)
             fully_shard(model, mesh=mesh)
 
 

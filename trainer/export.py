@@ -1,4 +1,4 @@
-"""``teacher_backbone.pth``: the teacher's backbone as a bare state dict in the official key layout.
+"""``teacher_backbone.pth`` / ``student_backbone.pth``: a backbone as a bare state dict in the official key layout.
 
 Such a file carries no architecture, so :func:`dinoret.core.weights.infer_config` reads it
 back from the tensor shapes and the DINOv2 conventions (64-dim heads for non-official
@@ -20,15 +20,15 @@ _COMPARED = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_
              "num_register_tokens", "interpolate_antialias", "interpolate_offset")
 
 
-def backbone_state(teacher_state: dict) -> dict:
-    """``backbone.*`` keys of a teacher state dict, prefix removed (the official layout)."""
-    return {k.removeprefix("backbone."): v for k, v in teacher_state.items() if k.startswith("backbone.")}
+def backbone_state(model_state: dict) -> dict:
+    """``backbone.*`` keys of a student or teacher state dict, prefix removed (the official layout)."""
+    return {k.removeprefix("backbone."): v for k, v in model_state.items() if k.startswith("backbone.")}
 
 
-def export_teacher_backbone(teacher_state: dict, path: str | Path) -> None:
-    """Write the teacher's backbone (a crash leaves the previous file or this one)."""
+def export_backbone(model_state: dict, path: str | Path) -> None:
+    """Write a backbone in the official key layout (a crash leaves the previous file or this one)."""
     with atomic_path(path) as tmp:
-        torch.save(backbone_state(teacher_state), tmp)
+        torch.save(backbone_state(model_state), tmp)
 
 
 def check_exportable(cfg: BackboneConfig) -> str:

@@ -5,6 +5,9 @@
 end), ``teacher_backbone.pth`` (official key layout), ``metrics.jsonl`` (one JSON
 object per line: ``start``, ``step``, ``skip``, ``checkpoint``, ``end`` events),
 ``config.yaml`` and ``files.json`` (the file list, so a resumed run reads the same one).
+
+The loop itself (:func:`run`) drives any meta-architecture (see :mod:`dinoret.trainer.ssl`):
+distillation (:mod:`dinoret.trainer.distill`) is the same loop with another one.
 """
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
+from torch import nn
 from tqdm import tqdm
 
 from dinoret.core.devices import autocast as device_autocast
@@ -43,10 +47,10 @@ def files_digest(files: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(files).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def weights_digest(meta: SSLMetaArch) -> str:
-    """sha256 of the full student and teacher weights (collective under FSDP)."""
+def weights_digest(meta: nn.Module) -> str:
+    """sha256 of the full weights of every saved module (collective under FSDP)."""
     h = hashlib.sha256()
-    for module in (meta.student, meta.teacher):
+    for module in meta.saved_modules().values():
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
         for key in sorted(state):
             h.update(key.encode())
@@ -89,18 +93,24 @@ class MetricsFile:
                 f.write(json.dumps(record) + "\n")
 
 
-def _prepare_output(output_dir: Path, resume: bool) -> dict | None:
+def _prepare_output(output_dir: Path, resume: bool, task: str) -> dict | None:
     existing = checkpoint.list_checkpoints(output_dir)
     if resume:
         state = checkpoint.latest(output_dir)
         if state is None:
             raise UserError(f"no checkpoint in {output_dir} to resume from")
+        if state.get("task", "train") != task:
+            raise UserError(f"{output_dir} holds a `dinoret {state.get('task', 'train')}` run, not a `dinoret {task}` run")
         return state
     if existing:
         raise UserError(
             f"{output_dir} already holds a training run ({existing[-1][1].name}): "
             "resume it, or choose another output folder", param=("resume", "output"))
     return None
+
+
+# build(cfg, checkpoint state or None) -> a meta-architecture on the CPU (see dinoret.trainer.ssl)
+Build = Callable[[dict, "dict | None"], nn.Module]
 
 
 def train(files: Sequence[str] | None, load_image: LoadImage, output_dir: str | Path,
@@ -113,29 +123,38 @@ def train(files: Sequence[str] | None, load_image: LoadImage, output_dir: str | 
     (a module-level function) when ``train.num_workers`` > 0.
     ``stop_after``: stop once this many iterations are done (as an interruption would).
     """
+    return run("train", lambda cfg, state: SSLMetaArch(cfg), files, load_image, output_dir, config_files,
+               overrides, resume, stop_after, progress)
+
+
+def run(task: str, build: Build, files: Sequence[str] | None, load_image: LoadImage, output_dir: str | Path,
+        config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), resume: bool = False,
+        stop_after: int | None = None, progress: bool = True, defaults: dict | None = None) -> dict:
+    """The training loop for the meta-architecture ``build`` makes; ``task`` names the run kind
+    (a run is resumed only by the same kind); ``defaults``: the config before files and ``--set``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = _prepare_output(output_dir, resume)
+    state = _prepare_output(output_dir, resume, task)
     if state is not None:
         cfg = make_config(config_files, overrides, base=state["config"])
         if cfg != state["config"]:
             log.warning("config changed on resume: the run will not repeat an uninterrupted one exactly")
         files = json.loads((output_dir / "files.json").read_text())
     else:
-        cfg = make_config(config_files, overrides)
+        cfg = make_config(config_files, overrides, base=defaults)
         if not files:
             raise UserError("no images to train on")
         files = [str(f) for f in files]
 
     ctx = distributed.setup(cfg["train"]["device"])
     try:
-        return _run(cfg, files, load_image, output_dir, state, ctx, stop_after, progress)
+        return _run(cfg, files, load_image, output_dir, state, ctx, stop_after, progress, build)
     finally:
         distributed.teardown(ctx)
 
 
 def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, state: dict | None,
-         ctx: distributed.DistContext, stop_after: int | None, progress: bool) -> dict:
+         ctx: distributed.DistContext, stop_after: int | None, progress: bool, build: Build) -> dict:
     t_cfg = cfg["train"]
     digests = distributed.all_gather_object(files_digest(files))
     if len(set(digests)) > 1:
@@ -149,12 +168,11 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
 
     name = check_exportable(backbone_config(cfg))
     _seed_everything(t_cfg["seed"])  # the same initial weights on every rank
-    meta = SSLMetaArch(cfg).to(ctx.device)
+    meta = build(cfg, state).to(ctx.device)
     mode = distributed.choose_mode(t_cfg["distributed"], meta.student.backbone.embed_dim, ctx.world_size)
     distributed.wrap(meta, mode, ctx)
     meta.train()
-    student = meta.student_module
-    submodules = [m for m in (student.backbone, student.dino_head, student.ibot_head) if m is not None]
+    submodules = meta.trainable_parts()
     optimizer = build_optimizer(submodules, cfg)
     lr = scaled_lr(cfg, ctx.world_size)
     schedules = build_schedules(cfg, lr)
@@ -168,6 +186,7 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
         "files_sha256": digests[0],
         "images_seen": state["images_seen"] if state else 0,
         "skipped": dict(state["skipped"]) if state else {},
+        **meta.checkpoint_extra(),
     }
     metrics = MetricsFile(output_dir / "metrics.jsonl", ctx.is_main, start if state else None)
     global_batch = t_cfg["batch_size_per_gpu"] * ctx.world_size
@@ -183,7 +202,7 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
                         # Its own generator: the loader's base seed must not consume the training RNG.
                         generator=torch.Generator().manual_seed(t_cfg["seed"]))
     bar = tqdm(total=total, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True,
-               desc="train")
+               desc=meta.task)
     done, last, rates = start, {}, []
     tick = time.perf_counter()
     try:
@@ -198,7 +217,7 @@ def _run(cfg: dict, files: list[str], load_image: LoadImage, output_dir: Path, s
                 for m in submodules:
                     torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["optim"]["clip_grad"])
             optimizer.step()
-            meta.update_teacher(s["mom"])
+            meta.update_ema(s["mom"])
             last = distributed.mean_over_ranks(losses)
             if not math.isfinite(last["total_loss"]):
                 raise UserError(f"the loss became {last['total_loss']} at iteration {it}: lower optim.base_lr")
@@ -253,12 +272,12 @@ def _record_skips(new: list, skipped: dict, metrics: MetricsFile, bar: tqdm, it:
 
 def _postfix(losses: dict, s: dict, rates: list[float]) -> dict:
     recent = rates[-10:]
-    out = {"loss": f"{losses['total_loss']:.3f}",
-           "dino": f"{losses.get('dino_local_crops_loss', 0) + losses['dino_global_crops_loss']:.3f}"}
-    if "ibot_loss" in losses:
-        out["ibot"] = f"{losses['ibot_loss']:.3f}"
-    if "koleo_loss" in losses:
-        out["koleo"] = f"{losses['koleo_loss']:.3f}"
+    out = {"loss": f"{losses['total_loss']:.3f}"}
+    if "dino_global_crops_loss" in losses:
+        out["dino"] = f"{losses.get('dino_local_crops_loss', 0) + losses['dino_global_crops_loss']:.3f}"
+    for key, short in (("ibot_loss", "ibot"), ("feature_cls_loss", "cls"), ("feature_patch_loss", "patch"),
+                       ("koleo_loss", "koleo")):
+        if key in losses:
+            out[short] = f"{losses[key]:.3f}"
     out.update(lr=f"{s['lr']:.2e}", mom=f"{s['mom']:.4f}", img_s=f"{sum(recent) / len(recent):.1f}")
     return out
-

@@ -39,6 +39,37 @@ def gather_files(data: list[str] | tuple[str, ...], output: Path) -> tuple[list[
     return list(dict.fromkeys(files)), skipped
 
 
+def training_files(data_dirs: tuple[str, ...], output: Path, resume: bool, main: bool) -> list[str] | None:
+    """The images under ``data_dirs`` (None on ``--resume``: the run trains on its recorded
+    list), with the unusable ones reported by rank 0. Shared by ``dinoret distill``."""
+    from dinoret.core.errors import UserError
+
+    if resume:
+        if data_dirs and main:
+            click.echo("--resume: training on the files recorded when the run started")
+        return None
+    if not data_dirs:
+        raise UserError("give at least one DATA folder or selection file (or --resume to continue a run)")
+    files, bad = gather_files(data_dirs, output)
+    if main:
+        click.echo(f"{len(files)} images under {', '.join(map(shown, data_dirs))}"
+                   + (f"; {len(bad)} unusable files skipped" if bad else ""))
+        for path, reason in bad[:20]:
+            click.echo(f"  skipped {shown(path)}: {reason}")
+    return files
+
+
+def report(summary: dict, backbone: Path) -> None:
+    """The closing lines of a training command: iterations, loss, speed, and the backbone to use."""
+    losses = summary["losses"]
+    click.echo(
+        f"{summary['iterations']}/{summary['total_iterations']} iterations, loss {losses.get('total_loss', float('nan')):.4f}, "
+        f"{summary['images_per_s']:.1f} images/s, {len(summary['skipped'])} files skipped while training"
+    )
+    click.echo(f"{backbone.name.removesuffix('.pth').replace('_', ' ')}: {shown(backbone)} "
+               f"(dinoret index PHOTOS --weights {shown(backbone)})")
+
+
 @click.command("train")
 @click.argument("data_dirs", nargs=-1, type=click.Path(exists=True), metavar="DATA...")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
@@ -71,7 +102,6 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     from functools import partial
 
     from dinoret.trainer.config import largest_crop, make_config, read_config_file
-    from dinoret.core.errors import UserError
     from dinoret.trainer.train import train
 
     out = Path(output)
@@ -83,25 +113,8 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     sets = list(sets) + ([f"train.device={device}"] if device != "auto" else [])
     saved = out / "config.yaml"
     cfg = make_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
-    files = None
-    if not resume:
-        if not data_dirs:
-            raise UserError("give at least one DATA folder or selection file (or --resume to continue a run)")
-        files, bad = gather_files(data_dirs, out)
-        if main:
-            click.echo(f"{len(files)} images under {', '.join(map(shown, data_dirs))}"
-                       + (f"; {len(bad)} unusable files skipped" if bad else ""))
-            for path, reason in bad[:20]:
-                click.echo(f"  skipped {shown(path)}: {reason}")
-    elif data_dirs and main:
-        click.echo("--resume: training on the files recorded when the run started")
+    files = training_files(data_dirs, out, resume, main)
     load = partial(load_training_image, draft_size=largest_crop(cfg))
     summary = train(files, load, out, configs, sets, resume=resume, progress=not quiet)
     if main:
-        losses = summary["losses"]
-        click.echo(
-            f"{summary['iterations']}/{summary['total_iterations']} iterations, loss {losses.get('total_loss', float('nan')):.4f}, "
-            f"{summary['images_per_s']:.1f} images/s, {len(summary['skipped'])} files skipped while training"
-        )
-        backbone = shown(out / "teacher_backbone.pth")
-        click.echo(f"teacher backbone: {backbone} (dinoret index PHOTOS --weights {backbone})")
+        report(summary, out / "teacher_backbone.pth")

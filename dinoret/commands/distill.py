@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dinoret.commands.train import load_training_image, report, training_files
+from dinoret.options import device_option
+
+_ARCHS = ("vit_small", "vit_base", "vit_large", "vit_giant2")
+
+
+@click.command("distill")
+@click.argument("data_dirs", nargs=-1, type=click.Path(exists=True), metavar="DATA_DIR...")
+@click.option("--teacher", "-t", default=None, metavar="NAME|FILE|RUN_DIR",
+              help="Frozen teacher: an official model name (dinov2_vitl14, ...), a weights file, or a "
+                   "`dinoret train` run folder or checkpoint (whose DINO/iBOT heads are used).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, student_backbone.pth.")
+@click.option("--student", "arch", type=click.Choice(_ARCHS), default=None,
+              help="Student architecture (student.arch; default vit_small; student.embed_dim/depth shrink it).")
+@click.option("--method", type=click.Choice(["auto", "heads", "feature"]), default=None,
+              help="heads: DINO + iBOT + KoLeo against the teacher's own heads (a dinoret teacher); "
+                   "feature: cosine on class and patch tokens (any teacher); auto: heads when the teacher has them.")
+@click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML or TOML config (the keys of `dinoret train` and a distill section); merged in order.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value, e.g. --set optim.epochs=10 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(data_dirs, teacher, output, arch, method, configs, sets, resume, device, quiet) -> None:
+    """Distil a frozen teacher into a smaller ViT on the images under DATA_DIR.
+
+    The student learns the teacher's DINO and iBOT targets (or its features); a spare EMA
+    of the student is the result: --output/student_backbone.pth (official key layout; use
+    it with `dinoret index --weights`). Teacher and student must share the patch size.
+    With --resume the run continues exactly where its last checkpoint stopped. Many GPUs
+    or machines: start the same command under torchrun.
+
+    \b
+    Example:
+      dinoret distill ./photos --teacher runs/l14 --output runs/s14 --config configs/distill_vits14.yaml
+      dinoret distill ./photos --teacher dinov2_vitl14 --method feature --output runs/s14-feat --student vit_small
+      dinoret distill ./photos --teacher runs/tiny --output runs/tiny-s --config configs/distill_tiny.yaml
+      dinoret distill --output runs/s14 --resume
+    """
+    import os
+    from functools import partial
+
+    from dinoret.core.errors import UserError
+    from dinoret.trainer.config import largest_crop, read_config_file
+    from dinoret.trainer.distill import distill, make_distill_config
+
+    out = Path(output)
+    main = int(os.environ.get("RANK", "0")) == 0
+    sets = list(sets) + [f"student.arch={arch}"] * bool(arch) + [f"distill.method={method}"] * bool(method)
+    sets += [f"train.device={device}"] if device != "auto" else []
+    saved = out / "config.yaml"
+    cfg = make_distill_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
+    if not resume and not teacher:
+        raise UserError("give the teacher: --teacher NAME|FILE|RUN_DIR")
+    files = training_files(data_dirs, out, resume, main)
+    load = partial(load_training_image, draft_size=largest_crop(cfg))
+    summary = distill(files, load, out, teacher, configs, sets, resume=resume, progress=not quiet)
+    if main:
+        report(summary, out / "student_backbone.pth")
