@@ -68,8 +68,8 @@ def command() -> None:
               help="Clusters per level, finest first (e.g. 10000,1000,100). Required the first time.")
 @click.option("--resample", default="0", show_default=True, metavar="N[,N...]",
               help="Resampling steps per level (one value for every level, or one per level).")
-@click.option("--resample-points", default=None, type=click.IntRange(1),
-              help="Vectors taken per cluster in a resampling step [default: a quarter of the mean cluster, 2 to 16].")
+@click.option("--resample-points", default=10, show_default=True, type=click.IntRange(1),
+              help="Vectors taken per cluster in a resampling step.")
 @click.option("--resample-strategy", type=click.Choice(["closest", "random"]), default="closest", show_default=True,
               help="Which vectors of a cluster a resampling step takes.")
 @click.option("--iters", default=10, show_default=True, type=click.IntRange(0), help="Lloyd iterations per k-means.")
