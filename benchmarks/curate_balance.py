@@ -164,7 +164,7 @@ def main() -> None:
     p.add_argument("--levels", default="10000,1000,100", help="hierarchy, finest first (flat k-means uses the first)")
     p.add_argument("--resample", default="5", help="resampling steps per level of the hierarchy")
     p.add_argument("--flat-resample", default="0", help="resampling steps of flat k-means")
-    p.add_argument("--resample-points", type=int, default=None, help="default: as `curate clusters`")
+    p.add_argument("--resample-points", type=int, default=10)
     p.add_argument("--resample-strategy", default="closest", choices=["closest", "random"])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--strategy", default="random", choices=["random", "closest"], help="pick inside a leaf")
@@ -180,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cpus, {args.threads} threads; "
-          f"levels {args.levels}, resample {args.resample}, resample points {args.resample_points or 'auto'} "
+          f"levels {args.levels}, resample {args.resample}, resample points {args.resample_points} "
           f"({args.resample_strategy}), zipf {args.zipf}", flush=True)
     for n in args.sizes:
         run(n, args)

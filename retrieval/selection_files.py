@@ -89,7 +89,15 @@ def _csv(selection: Selection) -> str:
     return buf.getvalue()
 
 
-def excluded_csv(dropped: Sequence[Dropped]) -> str:
+def write_excluded(dropped: Sequence[Dropped], path: str | os.PathLike) -> Path:
+    """The images --exclude dropped, as CSV: id, path, excluded_path, via_id, similarity, reason."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(_excluded_csv(dropped), encoding="utf-8", errors="surrogateescape")
+    return path
+
+
+def _excluded_csv(dropped: Sequence[Dropped]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "path", "excluded_path", "via_id", "similarity", "reason"])

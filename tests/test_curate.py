@@ -18,7 +18,7 @@ from dinoret.retrieval.clusterings import load_clustering
 from dinoret.retrieval.hierarchy import build_hierarchy
 from dinoret.retrieval.index import open_index
 from dinoret.retrieval.kmeans import KMeansParams, spherical_kmeans
-from dinoret.retrieval.sampling import capped_quotas
+from dinoret.retrieval.sampling import balanced_sample, capped_quotas
 from dinoret.retrieval.vector_rows import ArrayRows, StoreRows
 from tests.vector_index import add_vectors, planted, remove_ids, vector_index
 
@@ -96,6 +96,27 @@ def test_capped_quotas_hit_the_target_and_cap_the_large() -> None:
     assert q.tolist() == [13, 13, 10, 3, 1]  # cap 12 gives 39; the leftover goes to the largest
     assert capped_quotas(sizes, int(sizes.sum())).tolist() == sizes.tolist()
     assert capped_quotas(np.array([5, 5, 5]), 7).tolist() == [3, 2, 2]
+
+
+def test_sampling_covers_leaves_first_then_balances_images() -> None:
+    from dinoret.retrieval.hierarchy import Hierarchy
+    from dinoret.retrieval.sampling import leaf_quotas
+
+    # Top cluster 0 has one leaf of 100 images; top cluster 1 has ten leaves of 10 images.
+    labels = np.repeat(np.arange(11), [100] + [10] * 10).astype(np.int32)
+    parents = np.array([0] + [1] * 10, np.int32)
+    h = Hierarchy(np.arange(len(labels)), labels, np.ones(len(labels), np.float32),
+                  [np.eye(11, dtype=np.float32), np.eye(2, 11, dtype=np.float32)], [parents])
+    # 10 images: one leaf each before any leaf gives two, balanced over the tops in leaves.
+    assert leaf_quotas(h, 10).tolist() == [1] + [1] * 9 + [0]
+    # 31: every leaf once, then the other 20 by the cap rule on images (10 and 10).
+    q = leaf_quotas(h, 31)
+    assert q.sum() == 31 and q[0] == 11 and q[1:].sum() == 20 and q.min() >= 1
+    # Excluded images do not count: leaf 0 has none left.
+    eligible = labels != 0
+    assert leaf_quotas(h, 10, eligible).tolist() == [0] + [1] * 10
+    picked = balanced_sample(h, 10, eligible=eligible)
+    assert sorted(labels[picked].tolist()) == list(range(1, 11))
 
 
 def test_cell_shares_and_rank_blocks() -> None:

@@ -68,8 +68,8 @@ def command() -> None:
               help="Clusters per level, finest first (e.g. 10000,1000,100). Required the first time.")
 @click.option("--resample", default="0", show_default=True, metavar="N[,N...]",
               help="Resampling steps per level (one value for every level, or one per level).")
-@click.option("--resample-points", default=None, type=click.IntRange(1),
-              help="Vectors taken per cluster in a resampling step [default: a quarter of the mean cluster, 2 to 16].")
+@click.option("--resample-points", default=10, show_default=True, type=click.IntRange(1),
+              help="Vectors taken per cluster in a resampling step.")
 @click.option("--resample-strategy", type=click.Choice(["closest", "random"]), default="closest", show_default=True,
               help="Which vectors of a cluster a resampling step takes.")
 @click.option("--iters", default=10, show_default=True, type=click.IntRange(0), help="Lloyd iterations per k-means.")
@@ -150,21 +150,18 @@ def clusters_command(index_dir, levels, resample, resample_points, resample_stra
 
 
 def _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet) -> None:
-    from dinoret.retrieval.selection_files import excluded_csv, link_or_copy, write_selection
+    from dinoret.retrieval.selection_files import link_or_copy, write_excluded, write_selection
 
     written = write_selection(selection, out)
     click.echo(f"{len(selection.images)} images written to {written}")
     if selection.excluded:
-        side = written.with_name(written.stem + ".excluded.csv")
-        side.write_text(excluded_csv(selection.excluded), encoding="utf-8")
+        side = write_excluded(selection.excluded, written.with_name(written.stem + ".excluded.csv"))
         click.echo(f"{len(selection.excluded)} pool images excluded (listed in {side}); for example:")
         for d in selection.excluded[:MAX_LISTED]:
             how = "same file/pixels as" if d.reason == "exact" else f"cosine {d.similarity:.3f} to"
             via = f" via image {d.via_id}" if d.via_id is not None else ""
             click.echo(f"  {d.path}: {how} {d.excluded_path}{via}")
     if link_to or copy_to:
-        if link_to and copy_to:
-            raise click.UsageError("give --link-to or --copy-to, not both")
         done, problems = link_or_copy([s.path for s in selection.images], link_to or copy_to,
                                       "link" if link_to else "copy")
         click.echo(f"{'linked' if link_to else 'copied'} {done} files into {link_to or copy_to}")
@@ -175,6 +172,15 @@ def _selection_outputs(reader, selection, out, report_path, link_to, copy_to, re
 
         path = write_curate_report(reader, report_data, selection, report_path, progress=not quiet)
         click.echo(f"report written to {path}")
+
+
+def _check_outputs(out, link_to, copy_to) -> None:
+    """Refuse bad output options before any work is done."""
+    from dinoret.retrieval.selection_files import check_suffix
+
+    check_suffix(out)
+    if link_to and copy_to:
+        raise click.UsageError("give --link-to or --copy-to, not both")
 
 
 def _exclusion(reader, h, exclude, threshold, device, weights, quiet):
@@ -209,9 +215,9 @@ def sample_command(index_dir, target, strategy, seed, out, report_path, link_to,
     from dinoret.retrieval.curate_clusters import index_clustering
     from dinoret.retrieval.index import open_index
     from dinoret.retrieval.sampling import balanced_sample
-    from dinoret.retrieval.selection_files import check_suffix, selected_from_sample
+    from dinoret.retrieval.selection_files import selected_from_sample
 
-    check_suffix(out)
+    _check_outputs(out, link_to, copy_to)
     reader = open_index(index_dir)
     h, row, notes = index_clustering(reader, device=resolve_device(device))
     _warn(notes)
@@ -264,9 +270,9 @@ def retrieve_command(index_dir, seeds, mode, k, min_hits, per_cluster, level, st
     from dinoret.retrieval.curate_clusters import index_clustering
     from dinoret.retrieval.curate_retrieve import cluster_retrieval, load_seeds, sample_retrieval, selection_rows
     from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.selection_files import Selection, check_suffix
+    from dinoret.retrieval.selection_files import Selection
 
-    check_suffix(out)
+    _check_outputs(out, link_to, copy_to)
     reader = open_index(index_dir)
     if len(reader) == 0:
         raise UserError(f"the index at {reader.root} has no images")
