@@ -84,7 +84,7 @@ def load_teacher(source: str) -> Teacher:
     from dinoret.core.weights import infer_config, load_state_strict, read_checkpoint, resolve_weights
 
     if not source:
-        raise UserError("no teacher: pass --teacher NAME|FILE|RUN_DIR")
+        raise UserError("no teacher given: a model name, a weights file or a `dinoret train` run folder", param="teacher")
     path = Path(source).expanduser()
     if path.is_dir():
         found = checkpoint.list_checkpoints(path)
@@ -128,7 +128,7 @@ def resolve_method(cfg: dict, teacher: Teacher) -> str:
         return "heads" if teacher.has_heads else "feature"
     if method == "heads" and not teacher.has_heads:
         raise UserError(f"the teacher {teacher.source} has no DINO/iBOT heads (official checkpoints ship none): "
-                        "use --method feature, or a teacher from `dinoret train`")
+                        "use the feature method, or a teacher from `dinoret train`", param="method")
     return method
 
 
