@@ -101,6 +101,7 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
     import os
     from functools import partial
 
+    from dinoret.core.errors import UserError
     from dinoret.trainer.config import largest_crop, make_config, read_config_file
     from dinoret.trainer.train import train
 
