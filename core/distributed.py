@@ -8,6 +8,7 @@ it: an index run that finds nothing to do asks :func:`env_world_size` and
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -66,10 +67,23 @@ def setup(device: str = "auto", backend: str | None = None, timeout: timedelta =
 
 
 def teardown(ctx: DistContext) -> None:
+    """End the process group :func:`setup` started (call it in a ``finally``).
+
+    When the job ended without an exception, every rank first waits for the others and
+    the job's objects are freed: a gloo collective still in flight when the group goes
+    (FSDP's async gathers, a rank that is ahead) aborts the process at exit with
+    "terminate called without an active exception". After an exception no rank waits:
+    the others may never arrive."""
+    import gc
+
     import torch.distributed as dist
 
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    gc.collect()
+    if sys.exc_info()[0] is None:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_gather_object(obj: object, group=None) -> list:

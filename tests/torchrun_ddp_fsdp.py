@@ -8,6 +8,7 @@ group under torchrun's rendezvous store would hang).
 Arguments: ``COMMAND DATA OUT [ARGS...]``; each mode writes into ``OUT/<mode>``."""
 from __future__ import annotations
 
+import gc
 import sys
 
 import torch.distributed as dist
@@ -21,5 +22,8 @@ if __name__ == "__main__":
         for mode in ("ddp", "fsdp"):
             main([command, data, "--output", f"{out}/{mode}", *args, "--set", f"train.distributed={mode}", "--quiet"],
                  standalone_mode=False)
+        # As core.distributed.teardown does: no collective may be in flight when the group ends.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
