@@ -10,6 +10,7 @@ system: on a machine shared with other jobs the wall time says more about them).
 \b
 Examples:
   .venv/bin/python benchmarks/curate_speed.py --size 1000000 --clusters 10000,1000,100 --resample 5
+  .venv/bin/python benchmarks/curate_speed.py --size 100000   (a quick check that it runs)
   .venv/bin/python benchmarks/curate_speed.py --size 1000000 --device cuda
 """
 from __future__ import annotations
@@ -65,9 +66,11 @@ def main() -> None:
                "--resample", args.resample, "--device", args.device, "--seed", str(args.seed), "-q"]
         # Through a small Python in between: a child forked straight from this (large) process
         # would count this process's pages in its own peak RSS until it execs.
+        load_before = os.getloadavg()
         t = time.perf_counter()
         res = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
+        load_after = os.getloadavg()
         if res.returncode != 0:
             raise SystemExit(res.stderr[-3000:])
         usage = json.loads(res.stderr.strip().splitlines()[-1])
@@ -77,7 +80,11 @@ def main() -> None:
                "cpu_s": round(usage["cpu_s"], 1),
                "peak_rss_gib": round(peak / 2**30, 3), "index_build_s": round(build_s, 1),
                "vectors_on_disk_gib": round(sum(f.stat().st_size for f in (index / "vectors").iterdir()) / 2**30, 3),
-               "machine": f"{platform.machine()} {os.cpu_count()} cpus", "command_output": res.stdout.strip()}
+               "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+               # 1, 5 and 15-minute load averages as the command started and as it ended
+               "load_average_before": [round(v, 2) for v in load_before],
+               "load_average_after": [round(v, 2) for v in load_after],
+               "command": " ".join(cmd[2:]), "command_output": res.stdout.strip()}
         print(json.dumps(out, indent=1))
     finally:
         if not args.keep:

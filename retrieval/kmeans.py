@@ -22,11 +22,19 @@ large k, the same sampling in rounds that double the number of centres. Such see
 centres in sparse regions too, which a long tail needs; seeding at random rows puts them
 where the data is dense.
 
-*Large k on a CPU* (n·k above ``TWO_STAGE_WORK``): two stages, as in Faiss's two-level
-clustering. The rows are first split into about sqrt(k) cells by k-means, then each cell
-gets k-means with a share of the k clusters proportional to its distortion (the sum of
-1 - cosine of its rows to the cell centre, the D² mass k-means++ samples by), so the cost
-per row is ~2 sqrt(k) dot products instead of k. Cells are spread over the ranks.
+*Large k on a CPU* (n·k above ``TWO_STAGE_WORK``): the centroids are trained in two stages,
+as in Faiss's two-level clustering. The rows are first split into about sqrt(k) cells by
+k-means, then each cell gets k-means with a share of the k clusters proportional to its
+distortion (the sum of 1 - cosine of its rows to the cell centre, the D² mass k-means++
+samples by), so the cost per row is ~2 sqrt(k) dot products instead of k. Cells are spread
+over the ranks. The labels a clustering returns are exact all the same (one exact pass at
+the end): routing a row through its nearest cell is only as good as the cells, and a row of
+a small concept far from every cell centre goes to a cell by noise. On the long tail of
+benchmarks/curate_balance.py (1M vectors, 10,000 clusters, 5 resampling steps) routed labels
+spread a typical component over 11 leaves and 8,864 of the 10,000 leaves mixed 10 or more
+components; exact labels for the same centroids moved 32% of the rows (2 leaves per
+component, 5 components per leaf, medians) and took a balanced 10% sample over the leaves
+from 9,914 to 9,987 of 10,000 components covered (KL to uniform 0.69 to 0.10).
 
 *Resampling steps* (Vo et al. 2024): take ``resample_points`` rows of every cluster (the
 closest to the centroid or random), cluster that balanced set afresh, then reassign every
@@ -49,8 +57,9 @@ from dinoret.retrieval.vector_rows import ArrayRows, Rows
 
 BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 # Above this many row x centroid products (4M: 4,000 rows x 1,000 clusters) a CPU level is
-# computed in two stages. Exact passes and one-by-one seeding both cost rows x clusters:
-# one exact pass of 1M x 10,000 at 384-d takes ~4 min on 2 cores.
+# trained in two stages. Exact passes and one-by-one seeding both cost rows x clusters: one
+# exact pass of 1M x 10,000 at 384-d takes ~50 s on 2 idle cores (Faiss, ~160 GFLOP/s),
+# ~250 s at load average 9; ten Lloyd passes and a few resampling steps would take an hour.
 TWO_STAGE_WORK = 1 << 22
 GPU_SCORE_BYTES = 512 << 20  # score matrix per matmul on a GPU
 MAX_PER_CENTROID = 256  # beyond this many rows per cluster, train on a sample (as Faiss does)
@@ -95,8 +104,8 @@ class KMeansParams:
     iters: int = 10  # Lloyd iterations (fewer when the labels stop changing)
     resample_steps: int = 0
     # Rows per cluster in a resampling step. On the long tail of benchmarks/curate_balance.py
-    # (20k vectors, 2,000 clusters of 10 on average, 5 steps) 2, 3, 5 and 10 rows covered
-    # 1,369, 1,390, 1,470 and 1,518 of 2,000 components: taking up to 10 is best there.
+    # (20k vectors, 2,000 clusters of 10 on average, 5 steps) 2, 3, 5, 10 and 20 rows covered
+    # 1,575, 1,611, 1,602, 1,606 and 1,556 of 2,000 components: 3 to 10 alike.
     resample_points: int = 10
     resample_strategy: str = "closest"  # closest | random
     device: torch.device = torch.device("cpu")
@@ -107,8 +116,9 @@ class KMeansResult:
     centroids: np.ndarray  # float32 [k, D], unit norm
     labels: np.ndarray  # int32 [n]: nearest centroid of each row
     sims: np.ndarray  # float32 [n]: cosine of each row to that centroid
-    # Two-stage results: (cell centres [g, D], cell of each centroid [k]). A row belongs to
-    # the nearest centroid of its nearest cell.
+    # Two-stage results before their exact pass: (cell centres [g, D], cell of each centroid
+    # [k]); the labels then give the nearest centroid of the nearest cell (a cheap routing
+    # used inside training). None once the labels are exact.
     cells: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -259,7 +269,7 @@ class _CellNearest:
 def assign(rows: Rows, res: "KMeansResult | np.ndarray", device: torch.device, shard: Shard = ONE,
            tick: Tick = _no_tick) -> tuple[np.ndarray, np.ndarray]:
     """(centroid, cosine to it) of every row: the nearest centroid, or for a two-stage
-    result the nearest centroid of the nearest cell."""
+    result still in training the nearest centroid of the nearest cell."""
     if isinstance(res, np.ndarray):
         return _pass(rows, np.asarray(res, np.float32), device, shard, False, tick)
     return _pass(rows, res.centroids, device, shard, False, tick, cells=res.cells)
@@ -494,7 +504,10 @@ def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, see
     its centroid, or random ones) and clusters that balanced set afresh, from a new seeding,
     then reassigns every row to the new centroids. Seeding afresh matters: Lloyd iterations
     only move centroids locally, so they cannot take a centroid from an over-split dense
-    region to an uncovered part of the tail, and a new D⁴ seeding on the balanced set does."""
+    region to an uncovered part of the tail, and a new D⁴ seeding on the balanced set does.
+
+    The labels returned are exact (each row's nearest centroid), whichever way the centroids
+    were trained."""
     params = params or KMeansParams()
     seed = (seed,) if isinstance(seed, int) else tuple(seed)
     res = _cluster(rows, k, params, seed, shard, tick)
@@ -507,4 +520,7 @@ def spherical_kmeans(rows: Rows, k: int, params: KMeansParams | None = None, see
         fresh = _cluster(sub, k, params, (*seed, (1 << 20) + step + 1), ONE, tick)
         labels, sims = assign(rows, fresh, params.device, shard, tick)
         res = KMeansResult(fresh.centroids, labels, sims, fresh.cells)
+    if res.cells is not None:  # routed through cells while training: the labels returned are exact
+        labels, sims = assign(rows, res.centroids, params.device, shard, tick)
+        res = KMeansResult(res.centroids, labels, sims)
     return res

@@ -56,6 +56,25 @@ def test_planted_clusters_are_recovered(two_stage, monkeypatch) -> None:
     assert np.allclose(res.sims, np.einsum("nd,nd->n", x, res.centroids[res.labels]), atol=1e-5)
 
 
+def test_two_stage_labels_are_each_rows_nearest_centroid(monkeypatch) -> None:
+    """Two stages train the centroids, but no row is left in the cluster its cell routed it to:
+    on a long tail with no coarse structure (components at random, wide noise, as in
+    benchmarks/curate_balance.py) rows of small components are far from every cell centre."""
+    rng = np.random.default_rng(5)
+    sizes = np.maximum(1, (600 / np.arange(1, 61)).astype(int))
+    centres = rng.standard_normal((60, 64))
+    truth = np.repeat(np.arange(60), sizes)
+    noise = rng.standard_normal((len(truth), 64)) / 8.0 * rng.uniform(0.6, 1.2, 60)[truth, None]
+    x = (centres / np.linalg.norm(centres, axis=1, keepdims=True))[truth] + noise
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    monkeypatch.setattr(kmeans, "TWO_STAGE_WORK", 100)
+    for steps in (0, 2):
+        res = spherical_kmeans(ArrayRows(x), 60, KMeansParams(resample_steps=steps), seed=1)
+        ip = x @ res.centroids.T
+        assert np.array_equal(res.labels, ip.argmax(axis=1)), steps
+        assert np.allclose(res.sims, ip.max(axis=1), atol=1e-5)
+
+
 def test_kmeans_is_deterministic_and_seeded() -> None:
     x, _, _ = planted([60] * 12, noise=0.3, seed=1)
     a = spherical_kmeans(ArrayRows(x), 12, KMeansParams(resample_steps=2, resample_points=5), seed=7)
