@@ -182,10 +182,9 @@ def load_backbone(
         inferred_name, inferred_cfg = infer_config(sd)
         cfg = model_config(name) if name else inferred_cfg
         name = name or inferred_name or "custom"
-    # Built on the meta device, where the random initialisation costs nothing (on a CPU it
-    # took longer than the forward pass of a one-shot query), then given the file's tensors.
-    with torch.device("meta"):
-        model = DinoVisionTransformer(cfg)
+    # Built on the meta device, with no random initialisation (on a CPU it took longer than the
+    # forward pass of a one-shot query), then given the file's tensors.
+    model = DinoVisionTransformer(cfg, device="meta")
     load_state_strict(model, sd, str(path), assign=True)
     model.float().eval().to(device)  # float(): fp32 as a copy into the model's own parameters would give
     return Backbone(model, name, cfg, str(Path(path).resolve()), sha256 or file_sha256(path))
