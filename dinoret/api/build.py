@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from dinoret.api.handle import Index
+from dinoret.api.inputs import check_arg
 from dinoret.api.handle import open as open_index
 from dinoret.core.distributed import env_rank
 from dinoret.core.errors import UserError
@@ -13,15 +14,6 @@ from dinoret.indexer.layout import default_index_dir
 PREPROCESS = ("crop", "whole")
 PRECISIONS = ("fp32", "int8")
 INDEX_TYPES = ("auto", "flat", "ivfpq")
-
-
-def _check(name: str, value, choices=None, at_least: int | None = None, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if choices is not None and value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    if at_least is not None and (not isinstance(value, int) or isinstance(value, bool) or value < at_least):
-        raise UserError(f"{name} must be a whole number of at least {at_least}, not {value!r}")
 
 
 def index(paths, index: str | os.PathLike | None = None, model: str | None = None,
@@ -51,13 +43,13 @@ def index(paths, index: str | os.PathLike | None = None, model: str | None = Non
     >>> idx.summary.indexed + idx.summary.unchanged == len(idx)
     True
     """
-    _check("preprocess", preprocess, PREPROCESS, optional=True)
-    _check("precision", precision, PRECISIONS, optional=True)
-    _check("index_type", index_type, INDEX_TYPES)
-    _check("batch_size", batch_size, at_least=1)
-    _check("workers", workers, at_least=0, optional=True)
-    _check("shard_size", shard_size, at_least=1)
-    _check("commit_every", commit_every, at_least=1)
+    check_arg("preprocess", preprocess, PREPROCESS, optional=True)
+    check_arg("precision", precision, PRECISIONS, optional=True)
+    check_arg("index_type", index_type, INDEX_TYPES)
+    check_arg("batch_size", batch_size, at_least=1)
+    check_arg("workers", workers, at_least=0, optional=True)
+    check_arg("shard_size", shard_size, at_least=1)
+    check_arg("commit_every", commit_every, at_least=1)
     inputs = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not inputs:
         raise UserError("no paths to index")

@@ -23,6 +23,7 @@ from dinoret.retrieval.index import Hit, IndexReader, open_index
 
 if TYPE_CHECKING:
     from dinoret.api.groups import Groups
+    from dinoret.api.selection import Selection
 
 METHODS = ("auto", "exact", "ivfpq", "faiss")  # kNN engines of dinoret.retrieval.knn_graph
 
@@ -74,8 +75,8 @@ class Index:
     @writable.setter
     def writable(self, value: bool) -> None:
         if value and self.read_only:
-            raise UserError(f"the index at {self.root} is read-only (read-only media or folder): "
-                            "dedup reports and reviews cannot be stored in it", param="index_dir")
+            raise UserError(f"the index at {self.root} is read-only (read-only media or folder): dedup reports, "
+                            "reviews and clusterings cannot be stored in it", param="index_dir")
         self._writable = bool(value)
 
     @property
@@ -109,6 +110,11 @@ class Index:
     def identity(self) -> dict:
         """What queries must match: model, weights sha256, dim, backbone config, preprocessing."""
         return dict(self._reader.identity)
+
+    @property
+    def device(self) -> str:
+        """Where image queries and other images are embedded (``auto``, ``cpu``, ``cuda``), as opened."""
+        return self._device
 
     @property
     def weights(self) -> str:
@@ -408,6 +414,78 @@ class Index:
             set_group_verdict(self._reader.engine, ids, "not_duplicates" if not_duplicates else None)
         if keeper is not None:
             set_keeper(self._reader.engine, ids, int(keeper))
+
+    # --- curation ------------------------------------------------------------------
+    def curate_clusters(self, clusters=None, resample=0, resample_points: int = 10,
+                        resample_strategy: str = "closest", iters: int = 10, seed: int = 0, recluster: bool = False,
+                        progress: bool = True) -> dict | None:
+        """Hierarchical k-means over the index's stored vectors, saved in the index, as
+        ``dinoret curate clusters`` runs it (the same options and defaults). Needs a ``writable``
+        handle.
+
+        ``clusters``: clusters per level, finest first (``[10000, 1000, 100]`` or
+        ``"10000,1000,100"``). ``resample``: resampling steps, one value or one per level;
+        ``resample_points`` vectors per cluster (``closest`` to its centroid or ``random``) go
+        into each. ``iters`` Lloyd iterations per k-means; the same ``seed`` gives the same
+        clusters. With a clustering already saved: without ``clusters`` (or with the same
+        levels) it is brought up to date (newly indexed images join their nearest leaf,
+        removed ones are dropped); ``recluster=True`` makes a new one. Under ``torchrun``
+        every process calls it and shares the work; rank 0 saves.
+
+        Returns (None on ranks other than 0) ``action`` (``clustered``, ``updated`` or
+        ``up to date``), ``images``, ``levels``, ``sizes`` (images per cluster, per level),
+        ``added``, ``removed``, ``seconds``, ``processes`` and ``notes``.
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> done = idx.curate_clusters([4, 2], recluster=True, progress=False)
+        >>> done["action"], done["levels"], int(done["sizes"][0].sum()) == len(idx)
+        ('clustered', [4, 2], True)
+        >>> idx.curate_clusters(progress=False)["action"]
+        'up to date'
+        """
+        from dinoret.api import curate
+
+        return curate.clusters(self, clusters, resample, resample_points, resample_strategy, iters, seed, recluster,
+                               progress)
+
+    def curate_sample(self, target: int, strategy: str = "random", seed: int = 0, exclude=None,
+                      exclude_threshold: float | None = None, progress: bool = True) -> Selection:
+        """Exactly ``target`` images balanced over the index's clustering (made by
+        :meth:`curate_clusters`), as ``dinoret curate sample`` picks them: the target is split
+        over the top-level clusters with a cap, then over their children down to the leaves,
+        where ``random`` images (fixed per image id and ``seed``) or those ``closest`` to the
+        centroid are taken. ``exclude``: an evaluation set (a folder of images, an index
+        directory or :class:`Index`): every pool image whose duplicate component touches it
+        (cosine >= ``exclude_threshold``, default 0.90, or an exact copy) is left out.
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> _ = idx.curate_clusters([4, 2], recluster=True, progress=False)
+        >>> pick = idx.curate_sample(4, exclude="test_set", exclude_threshold=0.998, progress=False)
+        >>> len(pick), len(set(pick.paths)), len(pick.excluded) > 0
+        (4, 4, True)
+        """
+        from dinoret.api import curate
+
+        return curate.sample(self, target, strategy, seed, exclude, exclude_threshold, progress)
+
+    def curate_retrieve(self, seeds, mode: str = "sample", k: int = 4, min_hits: int = 3, per_cluster: int = 10_000,
+                        level: int = 1, strategy: str = "random", seed: int = 0, exclude=None,
+                        exclude_threshold: float | None = None, progress: bool = True) -> Selection:
+        """The index images close to a curated seed set, as ``dinoret curate retrieve`` finds
+        them. ``seeds``: a folder of images (embedded as this index's images were) or an index
+        of the same model (a directory or :class:`Index`). ``mode="sample"``: the ``k`` nearest
+        pool images of every seed; ``"cluster"``: every cluster (at ``level``) holding at least
+        ``min_hits`` seeds gives up to ``per_cluster`` of its images (``random`` or ``closest``
+        to its seeds; needs :meth:`curate_clusters` first). ``exclude`` as in :meth:`curate_sample`.
+
+        >>> pick = dinoret.open(".dinoret").curate_retrieve("test_set", k=2, progress=False)
+        >>> pick[0].reason, pick.params["mode"], len(pick) <= 2 * pick.params["seeds"]
+        ('sample-retrieval', 'sample', True)
+        """
+        from dinoret.api import curate
+
+        return curate.retrieve(self, seeds, mode, k, min_hits, per_cluster, level, strategy, seed, exclude,
+                               exclude_threshold, progress)
 
 
 def open(index_dir: str | os.PathLike | None = None, writable: bool = False, device: str = "auto",

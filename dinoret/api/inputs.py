@@ -42,6 +42,18 @@ def read_image_file(path: str | os.PathLike, draft_size: int | None = None) -> I
         raise UnreadableImage(path, e.reason) from None
 
 
+def check_arg(name: str, value, choices=None, at_least: int | None = None, optional: bool = False) -> None:
+    """Refuse (:class:`UserError` naming parameter ``name``) a value not in ``choices`` or not a
+    whole number of at least ``at_least``; None passes when ``optional``."""
+    if value is None and optional:
+        return
+    if choices is not None and value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}", param=name)
+    if at_least is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                                 or value < at_least):
+        raise UserError(f"{name} must be a whole number of at least {at_least}, not {value!r}", param=name)
+
+
 def as_image(item, draft_size: int | None = None) -> Image.Image:
     """An RGB PIL image from a file path (decoded exactly as ``dinoret index`` decodes files), a
     PIL image, or a uint8 array (H×W grey, H×W×1, H×W×3 RGB or H×W×4 RGBA)."""
