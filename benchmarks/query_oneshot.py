@@ -129,6 +129,11 @@ def importtime_top(cmd: list[str], n: int) -> tuple[float, list[tuple[float, str
     return sum(total.values()), sorted(((t, name) for name, t in total.items()), reverse=True)[:n]
 
 
+# Frames left out of the profile listing: the launcher, click's dispatch and the import machinery
+# (each would head the list with the whole run's time and say nothing).
+SKIPPED = r"^(?!.*(launcher|site-packages/click/|frozen importlib|built-in method builtins\.exec|__import__))"
+
+
 def profile(repo: Path, args: list[str], n: int) -> str:
     """cProfile of one query run in a fresh process (imports included), top ``n`` by cumulative time."""
     code = ("import cProfile, pstats, io, sys, runpy\n"
@@ -138,7 +143,8 @@ def profile(repo: Path, args: list[str], n: int) -> str:
             "except SystemExit:\n"
             "    pass\n"
             "pr.disable(); s = io.StringIO()\n"
-            f"pstats.Stats(pr, stream=s).sort_stats('cumulative').print_stats({n}); print(s.getvalue(), file=sys.stderr)\n")
+            f"pstats.Stats(pr, stream=s).sort_stats('cumulative').print_stats({SKIPPED!r}, {n}); "
+            "print(s.getvalue(), file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, str(repo), package_dirs(repo), *args], capture_output=True, text=True,
                        env=ENV)
     lines = r.stderr.splitlines()
