@@ -12,8 +12,10 @@ where the launcher makes the checkout under test the ``dinoret`` package (its se
 ``--repo-before PATH`` an older checkout is timed too, alternately with this one in the
 same rounds (the fair way on a machine shared with other jobs), and the same index serves
 both. Reported: median and min wall time per checkout, the bare Python start for
-reference, the load average, the heaviest imports of one run (``-X importtime``,
-cumulative) and where one in-process run spends its time (cProfile, top functions).
+reference, the load average, the heaviest imports of one run (``-X importtime``, each
+package's own modules), where one run spends its time (cProfile, top functions), and
+loading the index's model alone in processes that have imported torch already (less
+noisy than whole runs on a shared machine).
 
     python benchmarks/query_oneshot.py --runs 10
     git worktree add --detach /tmp/before HEAD~3
@@ -36,9 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DINORET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-# Makes REPO (argv[1]) the `dinoret` package, whatever the environment's install points at,
-# then runs the CLI with the remaining arguments. The same launcher runs every checkout.
-LAUNCHER = r"""
+# Makes REPO (argv[1]) the `dinoret` package, whatever the environment's install points at
+# (argv[2]: its package_dir mapping); the remaining arguments are left in sys.argv[1:].
+FINDER = r"""
 import sys
 from importlib.util import spec_from_file_location
 repo, sys.argv = sys.argv[1], ["dinoret", *sys.argv[2:]]
@@ -51,8 +53,25 @@ class Finder:
             return spec_from_file_location(name, root + "/__init__.py", submodule_search_locations=[root])
         return None
 sys.meta_path.insert(0, Finder)
-from dinoret.cli import main
-main()
+"""
+# ... then runs the CLI with the remaining arguments. The same launcher runs every checkout.
+LAUNCHER = FINDER + "from dinoret.cli import main\nmain()\n"
+# ... or times loading the index's model in-process, imports done first (argv: INDEX N):
+# what the checkout does between "the process has torch" and "the model can embed".
+LOAD_TIMER = FINDER + r"""
+import statistics, time
+import torch
+from dinoret.indexer.catalog import open_catalog
+from dinoret.indexer.index_embedder import load_index_embedder
+from dinoret.indexer.layout import IndexPaths
+engine = open_catalog(IndexPaths.of(sys.argv[1]).catalog)
+load_index_embedder(engine, device="cpu")  # the first: warms the file cache and lazy imports
+times = []
+for _ in range(int(sys.argv[2])):
+    t0 = time.perf_counter()
+    load_index_embedder(engine, device="cpu")
+    times.append(time.perf_counter() - t0)
+print(statistics.median(times))
 """
 
 
@@ -189,6 +208,26 @@ def measure(repos: dict[str, Path], query: list[str], photo: Path, runs: int, to
         print(profile(repo, query, top))
 
 
+def model_load(repos: dict[str, Path], index: Path, rounds: int, per_process: int = 3) -> None:
+    """Loading the index's model (weights checked against the catalog, backbone built, weights
+    read), imports excluded: ``rounds`` processes per checkout, alternating."""
+    medians: dict[str, list[float]] = {name: [] for name in repos}
+    loads = [os.getloadavg()[0]]
+    for _ in range(rounds):
+        for name, repo in repos.items():
+            _, r = timed([sys.executable, "-c", LOAD_TIMER, str(repo), package_dirs(repo), str(index), str(per_process)])
+            if r.returncode:
+                raise SystemExit(f"{name}: model load timing failed:\n{r.stderr[-2000:]}")
+            medians[name].append(float(r.stdout.strip().splitlines()[-1]))
+        loads.append(os.getloadavg()[0])
+    print(f"\nloading the index's model in a process that has imported torch already ({rounds} processes each, "
+          f"median of {per_process} loads in each; load average {min(loads):.1f}-{max(loads):.1f}):")
+    for name, values in medians.items():
+        print(f"  {name:15s} median {statistics.median(values):.3f} s, min {min(values):.3f} s")
+    if "before" in medians:
+        print(f"  before / this: {statistics.median(medians['before']) / statistics.median(medians['this']):.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10, help="fresh query processes per checkout")
@@ -198,6 +237,7 @@ def main() -> None:
     ap.add_argument("--bytecode", choices=["cached", "none", "both"], default="both",
                     help="cached: .pyc files cached (as after pip install); none: every module compiled in every "
                          "process (PYTHONDONTWRITEBYTECODE=1 with no .pyc, this machine's setting)")
+    ap.add_argument("--load-rounds", type=int, default=5, help="processes per checkout timing the model load alone")
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="dinoret-query-"))
@@ -212,6 +252,8 @@ def main() -> None:
             ENV.clear()
             ENV.update(child_env(work / "pycache" if mode == "cached" else None))
             measure(repos, query, photo, args.runs, args.top, mode)
+        if args.load_rounds:
+            model_load(repos, index, args.load_rounds)
         print(f"\nload average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if args.work is None:
