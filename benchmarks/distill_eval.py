@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from train_eval import evaluate, training_files  # noqa: E402
 
-from dinoret.commands.train import load_training_image  # noqa: E402
+from dinoret.api.training import load_training_image  # noqa: E402
 from dinoret.core.weights import load_backbone  # noqa: E402
 from dinoret.trainer.config import largest_crop, make_config, read_config_file  # noqa: E402
 from dinoret.trainer.distill import distill, make_distill_config  # noqa: E402

@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dinoret.commands.train import load_training_image  # noqa: E402
+from dinoret.api.training import load_training_image  # noqa: E402
 from dinoret.indexer.discover import find_images  # noqa: E402
 from dinoret.indexer.embed import Embedder  # noqa: E402
 from dinoret.indexer.preprocess import Preprocess  # noqa: E402

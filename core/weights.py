@@ -20,6 +20,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -129,9 +130,12 @@ def infer_config(state_dict: dict) -> tuple[str | None, BackboneConfig]:
 
 
 def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None, dict]:
-    """(name, config, backbone state dict) of any supported weights file."""
+    """(name, config, backbone state dict) of any supported weights file.
+
+    A zip-format file (what ``torch.save`` writes) is memory-mapped: its tensors are read
+    when used, and a training checkpoint's optimizer state and other modules never are."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises many types for a bad file
         raise UserError(f"cannot read weights file {path}: {str(e).splitlines()[0]}", param="weights") from None
     if not isinstance(obj, dict):
@@ -150,10 +154,11 @@ def read_checkpoint(path: str | Path) -> tuple[str | None, BackboneConfig | None
     return None, None, obj
 
 
-def load_state_strict(model: DinoVisionTransformer, state_dict: dict, source: str) -> None:
-    """Load with ``strict=True`` and turn key/shape mismatches into a clear error."""
+def load_state_strict(model: DinoVisionTransformer, state_dict: dict, source: str, assign: bool = False) -> None:
+    """Load with ``strict=True`` and turn key/shape mismatches into a clear error. ``assign``:
+    the model takes the state dict's tensors themselves (for a model built on the meta device)."""
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True, assign=assign)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:400]
         raise UserError(f"weights in {source} do not fit the model: {detail}", param="weights") from None
@@ -177,9 +182,11 @@ def load_backbone(
         inferred_name, inferred_cfg = infer_config(sd)
         cfg = model_config(name) if name else inferred_cfg
         name = name or inferred_name or "custom"
-    model = DinoVisionTransformer(cfg)
-    load_state_strict(model, sd, str(path))
-    model.eval().to(device)
+    # Built on the meta device, with no random initialisation (on a CPU it took longer than the
+    # forward pass of a one-shot query), then given the file's tensors.
+    model = DinoVisionTransformer(cfg, device="meta")
+    load_state_strict(model, sd, str(path), assign=True)
+    model.float().eval().to(device)  # float(): fp32 as a copy into the model's own parameters would give
     return Backbone(model, name, cfg, str(Path(path).resolve()), sha256 or file_sha256(path))
 
 

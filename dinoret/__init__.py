@@ -8,6 +8,11 @@ The Python API (the CLI's commands, as calls)::
     hits = idx.search("query.jpg", k=10)                  # dinoret query: [Hit(rank, id, path, score)]
     groups = idx.dedup(threshold=0.95)                    # dinoret dedup: Groups of Group/Member
     groups.to_html("dups.html")                           # dinoret dedup --report dups.html
+    idx.curate_clusters([1000, 100])                      # dinoret curate clusters (writable=True)
+    pick = idx.curate_sample(5000, exclude="./test_set")  # dinoret curate sample: a Selection
+    pick.write("train.txt")                               # ... --out train.txt
+    dinoret.train("train.txt", output="runs/s14", config="configs/vits14.yaml")   # dinoret train
+    dinoret.distill("./photos", output="runs/s", teacher="runs/s14")              # dinoret distill
     vecs = dinoret.embed(["a.jpg", "b.jpg"], model="dinov2_vits14")   # float32 (N, dim), L2-normalised
     backbone = dinoret.load_backbone("dinov2_vitb14_reg") # torch.nn.Module, eval mode
 
@@ -25,6 +30,9 @@ _EXPORTS = {
     "load_backbone": ("dinoret.api.embedding", "load_backbone"),
     "models": ("dinoret.api.catalog_models", "models"),
     "undo_moves": ("dinoret.api.groups", "undo_moves"),
+    "train": ("dinoret.api.training", "train"),
+    "distill": ("dinoret.api.training", "distill"),
+    "Selection": ("dinoret.api.selection", "Selection"),
     "Index": ("dinoret.api.handle", "Index"),
     "Groups": ("dinoret.api.groups", "Groups"),
     "Vectors": ("dinoret.api.vectors", "Vectors"),

@@ -17,9 +17,12 @@ nearest list is needed), more when searching (the best ``nprobe`` lists are need
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
+
+if TYPE_CHECKING:  # Faiss is imported where it is used: `dinoret index` with nothing to embed never needs it
+    import faiss
 
 TWO_LEVEL_MIN_NLIST = 8192  # below this a flat k-means and quantizer are affordable, and recall is better (README: 300k and 1M rows)
 ADD_QUANTIZER_NPROBE = 4  # groups searched for a vector's nearest list when adding (~90% find the exact nearest)
@@ -45,6 +48,8 @@ def search_quantizer_nprobe(nlist: int, nprobe: int) -> int:
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    import faiss
+
     km = faiss.Kmeans(x.shape[1], k, niter=_NITER, spherical=True, seed=seed, verbose=False)
     # Keep Faiss quiet about small samples: two-level groups are uneven by nature.
     km.cp.min_points_per_centroid = 1
@@ -109,6 +114,8 @@ def nested_factory(nlist: int, codec: str) -> str:
 def train_two_level(index: faiss.Index, sample: np.ndarray, seed: int = 0) -> None:
     """Train an index made from :func:`nested_factory`: centroids by two-level k-means,
     then the codec (PQ) on a small sample's residuals."""
+    import faiss
+
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.downcast_index(ivf.quantizer)
     centroids = two_level_centroids(sample, ivf.nlist, seed)
@@ -123,6 +130,8 @@ def train_two_level(index: faiss.Index, sample: np.ndarray, seed: int = 0) -> No
 
 def set_quantizer_nprobe(index: faiss.Index, nprobe: int) -> None:
     """Groups the nested quantizer of ``index`` probes (no-op for a flat quantizer)."""
+    import faiss
+
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
     if isinstance(quantizer, faiss.IndexIVF):
         quantizer.nprobe = int(nprobe)

@@ -1,20 +1,21 @@
-"""Reading an index directory: the only way the CLI, dedup and the web UI read an index.
+"""Reading an index directory: the only way dedup, curation and the Python API (and through
+it the CLI and the web UI) read an index.
 
 ``open_index(dir)`` gives an :class:`IndexReader`: records, stored vectors, and kNN search
-over all shards with exact re-ranking. Search scores are cosine similarities.
+over all shards with exact re-ranking. Search scores are cosine similarities. Embedding
+query images is the API's (``dinoret.Index.search``); :meth:`IndexReader.embedder` gives
+the collection's embedder.
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from dinoret.core.errors import IndexUnavailable, NotFound, UserError
+from dinoret.core.errors import IndexUnavailable, NotFound
 from dinoret.indexer.catalog import (
     catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
 )
@@ -29,7 +30,6 @@ __all__ = ["Hit", "IndexReader", "Record", "open_index"]
 
 MAX_TOMBSTONE_SLACK = 1000
 _RERANK_BATCH = 256  # queries re-ranked at once (bounds memory: batch x candidates x dim floats)
-NO_SUCH_FILE = "no such file"
 _EXACT_BLOCK = 65_536  # stored vectors scored at once for images not in a shard yet
 
 
@@ -80,7 +80,6 @@ class IndexReader:
         self.store = VectorStore(paths.vectors)
         self._lock = threading.Lock()
         self._loaded: tuple[dict, list] | None = None
-        self._query_embedder = None
 
     # --- records and vectors ------------------------------------------------------
     def __len__(self) -> int:
@@ -202,68 +201,11 @@ class IndexReader:
 
         return load_index_embedder(self.engine, weights=weights, device=device)
 
-    def configure_embedder(self, device: str = "auto", weights: str | None = None) -> None:
-        """Choose the device (and weights file) that ``search_images`` embeds queries with."""
-        emb = self.embedder(device=device, weights=weights)
-        with self._lock:
-            self._query_embedder = emb
-
-    def _default_embedder(self):
-        with self._lock:
-            if self._query_embedder is None:
-                self._query_embedder = self.embedder()
-            return self._query_embedder
-
-    def open_query_images(self, paths: list[str | Path]) -> list[Image.Image | str]:
-        """Each query file decoded exactly as the collection's files were: the RGB image, or a
-        short reason it cannot be read (so that one bad file costs the others nothing)."""
-        from dinoret.indexer.decode import SkipFile, open_image
-
-        draft = self._default_embedder().preprocess.draft_size()
-        out: list[Image.Image | str] = []
-        for p in paths:
-            if not os.path.lexists(p):
-                out.append(NO_SUCH_FILE)
-            elif os.path.isdir(p):
-                out.append("a folder, not an image file")
-            else:
-                try:
-                    out.append(open_image(p, draft_size=draft).image)
-                except SkipFile as e:
-                    out.append(e.reason)
-        return out
-
-    def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
-        """Embed query images exactly as the collection was (file decode included)."""
-        emb = self._default_embedder()
-        pil = []
-        for img in images:
-            if isinstance(img, Image.Image):
-                pil.append(img.convert("RGB"))
-                continue
-            opened = self.open_query_images([img])[0]
-            if isinstance(opened, str):
-                kind = NotFound if opened == NO_SUCH_FILE else UserError
-                raise kind(f"cannot read query image {img}: {opened}")
-            pil.append(opened)
-        return emb.embed_images(pil)
-
-    def search_images(self, images: list[Image.Image | str | Path], k: int = 10, rerank: bool = True) -> list[list[Hit]]:
-        """The ``k`` best hits for each query image (a path or a PIL image)."""
-        if not images:
-            return []
-        return self.hits(*self.search(self.embed_images(images), k=k, rerank=rerank))
-
-    def search_by_id(self, image_id: int, k: int = 10, rerank: bool = True) -> list[Hit]:
-        """The ``k`` indexed images most like indexed image ``image_id``, leaving out the image itself."""
-        scores, ids = self.search(self.vectors(np.array([image_id], dtype=np.int64)), k=k + 1, rerank=rerank)
-        return self.hits(scores, ids, k, leave_out=[image_id])[0]
-
     def hits(self, scores: np.ndarray, ids: np.ndarray, k: int | None = None,
              leave_out: list[int | None] | None = None) -> list[list[Hit]]:
         """``search``'s (scores, ids) as :class:`Hit` lists: padding and ids deleted meanwhile
         dropped, ``leave_out[row]`` (an id, or None) dropped from its row, at most ``k`` a row.
-        The one place hit records are built (CLI, web UI and Python API)."""
+        The one place hit records are built (``dinoret.Index.search``, which the CLI and web UI call)."""
         live = {r.id: r for r in self.records(np.unique(ids[ids >= 0]))}
         out = []
         for row, (row_s, row_i) in enumerate(zip(scores, ids)):

@@ -70,10 +70,11 @@ class Selection:
     excluded: list[Dropped] = field(default_factory=list)
 
 
-def check_suffix(path: str | os.PathLike, option: str = "--out") -> str:
+def check_suffix(path: str | os.PathLike, what: str = "the selection file", param: str | None = "out") -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
-        raise UserError(f"{option} {path}: the file name must end in .txt, .csv or .json (that picks the format)")
+        raise UserError(f"{what} {path}: the file name must end in .txt, .csv or .json (that picks the format)",
+                        param=param)
     return suffix
 
 
@@ -141,7 +142,7 @@ def _json_paths(data) -> list[str]:
 def read_selection(path: str | os.PathLike) -> list[str]:
     """The image paths a selection file lists, in order, made absolute against its folder."""
     path = Path(path)
-    suffix = check_suffix(path, "selection file")
+    suffix = check_suffix(path, "selection file", param=None)
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
         if suffix == ".txt":

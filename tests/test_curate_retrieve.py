@@ -185,7 +185,7 @@ def test_selection_and_report_and_links(photo_index, tmp_path) -> None:
 
 
 def test_a_selection_file_is_training_data(photo_index, tmp_path) -> None:
-    from dinoret.commands.train import gather_files
+    from dinoret.api.training import gather_files
 
     pick = tmp_path / "pick.csv"
     assert _cli("clusters", "--index", photo_index / "idx", "--clusters", "3", "--recluster", "-q").exit_code == 0

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from dinoret.api.handle import Index
 from dinoret.cli import main
 from dinoret.indexer.build import BuildOptions, build_index
 from dinoret.retrieval.index import open_index
@@ -37,7 +38,7 @@ def test_first_run_indexes_everything_and_search_finds_each_image(tmp_path, imag
     rec = reader.record(int(ids[0]))
     assert reader.id_for_path(rec.path) == rec.id
     assert (rec.width, rec.height) == Image.open(rec.path).size
-    hits = reader.search_images([image_dir / "sub" / "b.png"], k=2)[0]
+    hits = Index(reader).search(image_dir / "sub" / "b.png", k=2)
     assert hits[0].path == str(image_dir / "sub" / "b.png") and hits[0].rank == 1
 
 
@@ -124,7 +125,7 @@ def test_whole_preprocessing_mixed_shapes_and_several_shards(tmp_path, image_dir
     ids = reader.ids()
     _, found = reader.search(reader.vectors(ids), k=1)
     assert (found[:, 0] == ids).all()  # every shard is searched
-    hits = reader.search_images([image_dir / "tall.jpg"], k=1)[0]
+    hits = Index(reader).search(image_dir / "tall.jpg", k=1)
     assert hits[0].path == str(image_dir / "tall.jpg") and hits[0].score == pytest.approx(1, abs=1e-3)
 
 

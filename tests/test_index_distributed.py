@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dinoret.api.handle import Index
 from dinoret.core.errors import NotFound, UserError
 from dinoret.core.models import build_model
 from dinoret.core.weights import save_backbone
@@ -68,7 +69,7 @@ def _same_index(one: Path, two: Path, queries: list[Path]) -> None:
         assert [r.id for r in ra] == [r.id for r in rb]
         np.testing.assert_allclose(a.vectors([r.id for r in ra]), b.vectors([r.id for r in rb]), atol=2e-3)
         assert a.skipped() == b.skipped()
-        hits_a, hits_b = a.search_images(queries, k=5), b.search_images(queries, k=5)
+        hits_a, hits_b = Index(a).search(queries, k=5), Index(b).search(queries, k=5)
         assert [[h.path for h in q] for q in hits_a] == [[h.path for h in q] for q in hits_b]
     finally:
         a.close()

@@ -47,6 +47,7 @@ def test_int8_features_are_close_to_fp32_and_really_quantised(tmp_path, tiny_wei
 
 
 def test_precision_is_recorded_reused_and_never_mixed(tmp_path, image_dir, tiny_weights):
+    from dinoret.api.handle import Index
     from dinoret.retrieval.index import open_index
 
     idx = tmp_path / "idx"
@@ -55,7 +56,7 @@ def test_precision_is_recorded_reused_and_never_mixed(tmp_path, image_dir, tiny_
     reader = open_index(idx)
     assert reader.identity["precision"] == "int8"
     assert reader.embedder(device="cpu").precision == "int8"  # query, dedup --against and serve embed int8
-    hits = reader.search_images([image_dir / "img03.jpg"], k=1)[0]
+    hits = Index(reader).search(image_dir / "img03.jpg", k=1)
     assert hits[0].path.endswith("img03.jpg") and hits[0].score > 0.999
     reader.close()
 

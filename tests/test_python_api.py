@@ -312,3 +312,23 @@ def test_import_dinoret_and_cli_help_load_neither_torch_nor_faiss():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[] []"
+
+
+def test_info_and_a_no_change_index_run_load_neither_torch_nor_faiss(tmp_path, tiny_weights):
+    """The commands call the API, whose handle loads torch and Faiss only when a model or a
+    search needs them: ``dinoret info`` and ``dinoret index`` with nothing new need neither."""
+    photos, index_dir = tmp_path / "photos", tmp_path / "idx"
+    for i in range(3):
+        make_image(photos / f"p{i}.jpg", seed=i)
+    _cli("index", photos, "--index", index_dir, "--weights", tiny_weights, "--workers", 0, "-q")
+    code = (
+        "import sys\n"
+        "from dinoret.cli import main\n"
+        f"main(['info', '--index', {str(index_dir)!r}], standalone_mode=False)\n"
+        f"main(['index', {str(photos)!r}, '--index', {str(index_dir)!r}, '-q', '--workers', '0'], standalone_mode=False)\n"
+        "print([m for m in ('torch', 'faiss') if m in sys.modules])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "images:     3" in r.stdout and "indexed 0, unchanged 3" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]"

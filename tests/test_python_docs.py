@@ -10,13 +10,15 @@ examples name, so the README says exactly what a user types:
   backbone file under the official file name and model name, standing in for the real
   checkpoint; the same kind of stand-in for ``dinov2_vitb14_reg`` in the torch hub cache,
   where ``load_backbone`` looks first;
-* ``.dinoret``: the index of ``photos/`` built with that stand-in.
+* ``.dinoret``: the index of ``photos/`` built with that stand-in;
+* ``configs/tiny.yaml``, ``configs/distill_tiny.yaml``: the smoke-run training configs.
 """
 from __future__ import annotations
 
 import doctest
 import inspect
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,9 @@ def workspace(tmp_path_factory) -> Path:
 
     Image.open(photos / "a.jpg").resize((200, 150)).save(root / "query.jpg", quality=80)
     make_other_set(root / "test_set", photos)
+    (root / "configs").mkdir()
+    for name in ("tiny.yaml", "distill_tiny.yaml"):
+        shutil.copy(REPO / "configs" / name, root / "configs" / name)
     _stand_in(root / "dinov2_vits14_pretrain.pth", "dinov2_vits14", 0)
     # conftest points the torch hub at <basetemp>/torch_home/hub for every test.
     hub = tmp_path_factory.getbasetemp() / "torch_home" / "hub" / "checkpoints"
@@ -79,6 +84,10 @@ def test_readme_python_section_runs(workspace, monkeypatch, capsys):
     assert (workspace / "dups.html").is_file() and (workspace / "dups.csv").is_file()
     assert namespace["leaks"].params["against"] == str((workspace / "test_set").resolve())
     assert not namespace["backbone"].training
+    assert namespace["done"]["action"] == "clustered" and len(namespace["pick"]) == 5
+    assert (workspace / "train.txt").read_text().splitlines() == namespace["pick"].paths
+    assert namespace["run"]["iterations"] == 2 and namespace["small"]["backbone"].is_file()
+    assert len(namespace["idx2"]) == len(namespace["idx"])
 
 
 def _public_objects():
@@ -110,7 +119,8 @@ def test_help_lists_the_public_names():
     import pydoc
 
     text = pydoc.render_doc(dinoret, renderer=pydoc.plaintext)
-    for name in ("open", "index", "embed", "load_backbone", "class Index", "class Groups", "class Hit", "Error"):
+    for name in ("open", "index", "embed", "load_backbone", "class Index", "class Groups", "class Hit", "Error",
+                 "train", "distill", "class Selection", "curate_clusters", "curate_sample", "curate_retrieve"):
         assert name in text, name
 
 

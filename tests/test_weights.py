@@ -152,3 +152,21 @@ def test_cli_reports_missing_weights_in_one_line() -> None:
     assert result.exit_code == 0 and "dinov2_vitg14_reg" in result.output
     help_result = CliRunner().invoke(main, ["--help"])
     assert help_result.exit_code == 0 and "Examples" in help_result.output
+
+
+def test_loaded_weights_are_the_files_in_fp32_whatever_their_dtype(tmp_path) -> None:
+    """The model is built on the meta device and takes the file's tensors (no random init):
+    every parameter is a real fp32 CPU tensor equal to the file's, also for a half-precision
+    file and for a file in torch's legacy (not memory-mappable) format."""
+    model = _tiny()
+    for name, sd, legacy in [("fp32", model.state_dict(), False), ("fp16", model.half().state_dict(), False),
+                             ("legacy", model.float().state_dict(), True)]:
+        path = tmp_path / f"{name}.pth"
+        torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
+        write_sidecar(path, model.cfg, "tiny")
+        bb = load_backbone(weights=path)
+        loaded = bb.model.state_dict()
+        assert loaded.keys() == sd.keys()
+        for key, value in loaded.items():
+            assert value.device.type == "cpu" and value.dtype == torch.float32, key
+            assert torch.equal(value, sd[key].float()), key

@@ -1,4 +1,8 @@
-"""The Flask web UI and JSON API over one index: ``create_app(index_dir)``; ``dinoret serve`` runs it."""
+"""The Flask web UI and JSON API over one index: ``create_app(index_dir)``; ``dinoret serve`` runs it.
+
+The app holds one :class:`dinoret.Index` (the Python API's handle; ``app.extensions["dinoret.index"]``)
+and searches, reads reports and records reviews through it, as ``dinoret query`` and
+``dinoret dedup`` do."""
 from __future__ import annotations
 
 import datetime as dt
@@ -55,12 +59,14 @@ class _JSONProvider(DefaultJSONProvider):
         return DefaultJSONProvider.default(o)
 
 
-def create_app(index_dir: str | os.PathLike | None = None, config: dict | None = None) -> Flask:
-    """The app over the index in ``index_dir`` (``config["INDEX_DIR"]`` or ``.dinoret`` if None).
+def create_app(index_dir=None, config: dict | None = None) -> Flask:
+    """The app over the index in ``index_dir`` (a folder, or a :class:`dinoret.Index` already
+    open; ``config["INDEX_DIR"]`` or ``.dinoret`` if None), with the model that embeds uploads
+    loaded now (``config["DEVICE"]``, ``config["WEIGHTS"]``).
 
-    Raises ``UserError`` if there is no index there.
+    Raises ``UserError`` if there is no index there or its weights cannot be loaded.
     """
-    from dinoret.retrieval.index import open_index
+    from dinoret.api.handle import Index, open as open_index
     from dinoret.core.units import human_size
     from dinoret.webui import api, errors, clusters, pages, queries, security
 
@@ -68,15 +74,21 @@ def create_app(index_dir: str | os.PathLike | None = None, config: dict | None =
     app.url_map.converters["int"] = _Int64Converter  # before any route is added
     app.config.from_mapping(DEFAULTS)
     app.config.update(config or {})
-    if index_dir is not None:
-        app.config["INDEX_DIR"] = os.fspath(index_dir)
+    if isinstance(index_dir, Index):
+        index, app.config["INDEX_DIR"] = index_dir, os.fspath(index_dir.root)
+    else:
+        if index_dir is not None:
+            app.config["INDEX_DIR"] = os.fspath(index_dir)
+        index = open_index(app.config["INDEX_DIR"], device=app.config["DEVICE"], weights=app.config["WEIGHTS"])
     app.json = _JSONProvider(app)
 
-    reader = open_index(app.config["INDEX_DIR"])
-    app.extensions["dinoret.reader"] = reader
+    index.writable = not index.read_only  # reviewers' verdicts are stored, where the index can be written
+    # The model now: missing or mismatched weights stop the server at start, not at the first upload.
+    index.load(model=True, shards=False)
+    app.extensions["dinoret.index"] = index
+    app.extensions["dinoret.reader"] = index.reader  # the clusters page reads records and vectors below the API
     if app.config["THUMB_DIR"] is None:
-        app.config["THUMB_DIR"] = Path(reader.root) / "thumbs"
-    queries.load_embedder(app)
+        app.config["THUMB_DIR"] = Path(index.root) / "thumbs"
 
     security.init_app(app)
     errors.init_app(app)

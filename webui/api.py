@@ -6,7 +6,6 @@ import io
 from flask import Blueprint, abort, current_app, jsonify, request, send_file, url_for
 
 from dinoret.indexer.decode import MIME_TYPES, SkipFile
-from dinoret.retrieval import reports
 from dinoret.webui import queries
 from dinoret.webui.imaging import image_format
 from dinoret.webui.openapi import openapi_document
@@ -78,17 +77,17 @@ def image_file(image_id: int):
 
 @bp.get("/stats")
 def stats():
-    return jsonify(queries.reader().stats())
+    return jsonify(queries.index().info())
 
 
 @bp.get("/dedup/reports")
 def dedup_reports():
-    return jsonify(reports=reports.list_reports(queries.reader().engine))
+    return jsonify(reports=queries.index().reports())
 
 
 @bp.get("/dedup/reports/<int:report_id>")
 def dedup_report(report_id: int):
-    return jsonify(reports.load_report(queries.reader().engine, report_id))  # NotFound: a 404
+    return jsonify(queries.index().report(report_id).to_dict())  # NotFound: a 404
 
 
 @bp.get("/openapi.json")

@@ -21,8 +21,8 @@ K_CHOICES = (8, 16, 32, 64)
 
 @bp.get("/")
 def home():
-    r = queries.reader()
-    return render_template("home.html", stats=r.stats(), skipped=r.skipped()[:SKIPPED_SHOWN], k_choices=K_CHOICES,
+    idx = queries.index()
+    return render_template("home.html", stats=idx.info(), skipped=idx.skipped()[:SKIPPED_SHOWN], k_choices=K_CHOICES,
                            k=current_app.config["K_DEFAULT"])
 
 
@@ -53,11 +53,11 @@ def image(image_id: int):
 
 @bp.get("/duplicates")
 def duplicates():
-    return render_template("duplicates.html", reports=reports.list_reports(queries.reader().engine))
+    return render_template("duplicates.html", reports=queries.index().reports())
 
 
 def _load_report(report_id: int) -> dict:
-    return reports.load_report(queries.reader().engine, report_id)  # NotFound: a 404
+    return queries.index().report(report_id).to_dict()  # NotFound: a 404
 
 
 @bp.get("/duplicates/<int:report_id>")
@@ -90,7 +90,7 @@ def set_verdict(report_id: int, group: int):
     ids = _group_member_ids(report_id, group)
     if len(ids) < 2:
         abort(400, description="this group has fewer than two indexed images to review")
-    reports.set_group_verdict(queries.reader().engine, ids, verdict)
+    queries.index().review(ids, not_duplicates=verdict == "not_duplicates")
     return _back_to(report_id, group)
 
 
@@ -100,7 +100,7 @@ def set_keeper(report_id: int, group: int):
     ids = _group_member_ids(report_id, group)
     if keeper not in ids or len(ids) < 2:
         abort(400, description="the keeper must be an indexed member of the group")
-    reports.set_keeper(queries.reader().engine, ids, keeper)
+    queries.index().review(ids, keeper=keeper)
     return _back_to(report_id, group)
 
 

@@ -1,7 +1,7 @@
 """Searches as the pages and the API run them: by an indexed id or by an uploaded image.
 
-Both go through the one :class:`dinoret.retrieval.index.IndexReader` the app holds. Embedding an
-upload runs the backbone, which already uses every core for one image; a lock lets one
+Both go through the one :class:`dinoret.Index` the app holds (``Index.search``, as ``dinoret
+query`` and the Python API search). Embedding an upload runs the backbone, which already uses every core for one image; a lock lets one
 upload through at a time so that concurrent uploads queue instead of fighting over the
 cores and memory. Searches by id only read vectors and Faiss shards and run concurrently.
 """
@@ -22,8 +22,13 @@ _WHOLE = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only: int() would also 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit (Faiss, LMDB keys, SQLite)
 
 
+def index():
+    """The app's index (a :class:`dinoret.Index`)."""
+    return current_app.extensions["dinoret.index"]
+
+
 def reader():
-    """The app's index reader."""
+    """The app's index reader (records, vectors, catalog), below the API."""
     return current_app.extensions["dinoret.reader"]
 
 
@@ -74,7 +79,7 @@ def record_dict(record) -> dict:
 
 def search_by_id(image_id: int, k: int) -> list[dict]:
     """The ``k`` images most like indexed image ``image_id``, leaving out the image itself."""
-    return [asdict(h) for h in reader().search_by_id(image_id, k)]
+    return [asdict(h) for h in index().search(image_id, k=k)]
 
 
 def decode_upload(upload: FileStorage | None) -> Image.Image:
@@ -85,14 +90,8 @@ def decode_upload(upload: FileStorage | None) -> Image.Image:
     return open_image(upload.stream, max_pixels=current_app.config["MAX_UPLOAD_PIXELS"]).image
 
 
-def load_embedder(app) -> None:
-    """Load the collection's embedder now (``DEVICE``, ``WEIGHTS``): missing or mismatched
-    weights stop the server at start with the reader's message, not at the first upload."""
-    app.extensions["dinoret.reader"].configure_embedder(device=app.config["DEVICE"], weights=app.config["WEIGHTS"])
-
-
 def search_by_image(image: Image.Image, k: int) -> list[dict]:
     """The ``k`` indexed images most like ``image``, embedded as the collection was."""
     with _model_lock:
-        hits = reader().search_images([image], k=k)[0]
+        hits = index().search(image, k=k)
     return [asdict(h) for h in hits]

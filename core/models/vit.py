@@ -45,10 +45,10 @@ class BackboneConfig:
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, h, w = x.shape
@@ -58,11 +58,11 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim, bias=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True, device=device)
+        self.proj = nn.Linear(dim, dim, bias=True, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
@@ -72,11 +72,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden, device=device)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -85,11 +85,11 @@ class Mlp(nn.Module):
 class SwiGLUFFN(nn.Module):
     """The official ``SwiGLUFFNFused``: hidden width 2/3 of the MLP's, rounded up to 8."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, device: torch.device | str | None = None) -> None:
         super().__init__()
         hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
+        self.w12 = nn.Linear(dim, 2 * hidden, device=device)
+        self.w3 = nn.Linear(hidden, dim, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = self.w12(x).chunk(2, dim=-1)
@@ -97,9 +97,9 @@ class SwiGLUFFN(nn.Module):
 
 
 class LayerScale(nn.Module):
-    def __init__(self, dim: int, init_values: float) -> None:
+    def __init__(self, dim: int, init_values: float, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values), device=device))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
@@ -113,17 +113,17 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: BackboneConfig, drop_path_rate: float) -> None:
+    def __init__(self, cfg: BackboneConfig, drop_path_rate: float, device: torch.device | str | None = None) -> None:
         super().__init__()
         dim = cfg.embed_dim
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        norm = partial(nn.LayerNorm, eps=1e-6, device=device)
         ffn = SwiGLUFFN if cfg.ffn_layer in ("swiglu", "swiglufused") else Mlp
         self.norm1 = norm(dim)
-        self.attn = Attention(dim, cfg.num_heads)
-        self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
+        self.attn = Attention(dim, cfg.num_heads, device)
+        self.ls1 = LayerScale(dim, cfg.init_values, device) if cfg.init_values else nn.Identity()
         self.norm2 = norm(dim)
-        self.mlp = ffn(dim, int(dim * cfg.mlp_ratio))
-        self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
+        self.mlp = ffn(dim, int(dim * cfg.mlp_ratio), device)
+        self.ls2 = LayerScale(dim, cfg.init_values, device) if cfg.init_values else nn.Identity()
         self.drop_path = drop_path_rate
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,26 +132,32 @@ class Block(nn.Module):
 
 
 class DinoVisionTransformer(nn.Module):
-    def __init__(self, cfg: BackboneConfig) -> None:
+    """The backbone of ``cfg``, randomly initialised as the official code does. ``device="meta"``
+    builds it with no memory and no initialisation, for weights to be assigned next
+    (``load_state_dict(..., assign=True)``): a load then costs no random numbers."""
+
+    def __init__(self, cfg: BackboneConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed_dim = self.num_features = cfg.embed_dim
         self.patch_size = cfg.patch_size
         self.num_register_tokens = cfg.num_register_tokens
-        self.patch_embed = PatchEmbed(cfg.patch_size, 3, cfg.embed_dim)
+        self.patch_embed = PatchEmbed(cfg.patch_size, 3, cfg.embed_dim, device)
         num_patches = (cfg.img_size // cfg.patch_size) ** 2
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim, device=device))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim, device=device))
         self.register_tokens = (
-            nn.Parameter(torch.zeros(1, cfg.num_register_tokens, cfg.embed_dim)) if cfg.num_register_tokens else None
+            nn.Parameter(torch.zeros(1, cfg.num_register_tokens, cfg.embed_dim, device=device))
+            if cfg.num_register_tokens else None
         )
         # Stochastic depth grows linearly with depth, as in the official code.
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(cfg, r, device) for r in rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6, device=device)
         self.head = nn.Identity()
-        self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim))
-        self.init_weights()
+        self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim, device=device))
+        if torch.device(device or "cpu").type != "meta":
+            self.init_weights()
 
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -6,11 +6,32 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dinoret.core.errors import UserError
 from dinoret.retrieval import moves
 from dinoret.retrieval.dedup_result import Group, Member, result_from_dict
-from dinoret.retrieval.report_files import write_report
+from dinoret.retrieval.report_files import report_format, write_report
 from dinoret.retrieval.reports import add_report_files
+
+if TYPE_CHECKING:
+    from dinoret.api.handle import Index
+
+
+def check_report_path(path: str | os.PathLike, format: str | None = None) -> str:
+    """The report format for ``path`` (``format``, else from the file name); :class:`dinoret.Error`
+    for an unknown format or a path that is not a regular file (a device, a pipe), before any
+    work is done.
+
+    >>> from dinoret.api.groups import check_report_path
+    >>> check_report_path("dups.html"), check_report_path("dups", "csv")
+    ('html', 'csv')
+    """
+    fmt = report_format(path, format)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"the report {os.fspath(path)} exists and is not a regular file (a device or a pipe?): "
+                        "it would be replaced; choose a file name", param="report_path")
+    return fmt
 
 
 class Groups(Sequence):
@@ -27,9 +48,9 @@ class Groups(Sequence):
     'dups.csv'
     """
 
-    def __init__(self, report: dict, engine=None) -> None:
+    def __init__(self, report: dict, index: Index | None = None) -> None:
         self._report = report
-        self._engine = engine  # the catalog the report is stored in: files written are recorded there
+        self._index = index  # where the groups come from: move targets are checked against its folders
         self.groups: list[Group] = result_from_dict(report).groups
 
     @property
@@ -86,9 +107,13 @@ class Groups(Sequence):
         >>> any(f.endswith("dups.report") for f in dinoret.open(".dinoret").reports()[0]["files"])
         True
         """
-        written = write_report(self._report, path, format, progress=progress)
-        if self._engine is not None and self.id is not None:
-            add_report_files(self._engine, self.id, [str(written.resolve())])
+        fmt = check_report_path(path, format)
+        try:
+            written = write_report(self._report, path, fmt, progress=progress)
+        except OSError as e:
+            raise UserError(f"cannot write the report {os.fspath(path)}: {e.strerror or e}", param="report_path") from None
+        if self._index is not None and self._index.writable and self.id is not None:
+            add_report_files(self._index._reader.engine, self.id, [str(written.resolve())])
         return written
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -120,17 +145,22 @@ class Groups(Sequence):
         """
         return self.write(path, "html", progress=progress)
 
-    def move_to(self, dest: str | os.PathLike, dry_run: bool = False, progress: bool = True) -> dict:
+    def move_to(self, dest: str | os.PathLike, dry_run: bool = False, allow_inside: bool = False,
+                progress: bool = True) -> dict:
         """Move every non-keeper under ``dest`` (paths kept relative to the folder all reported
-        images share), as ``dinoret dedup --move-to DEST [--dry-run]``; groups a reviewer marked
-        *not duplicates* stay. Nothing is deleted or overwritten; a manifest is written in
-        ``dest`` first. Returns it: ``moves`` (``src``, ``dst``, ``status`` each) and
-        ``manifest`` (its path; None on a dry run or when nothing is to move).
+        images share), as ``dinoret dedup --move-to DEST [--dry-run] [--allow-inside]``; groups a
+        reviewer marked *not duplicates* stay. Nothing is deleted or overwritten; a manifest is
+        written in ``dest`` first. A ``dest`` inside the indexed folders is refused unless
+        ``allow_inside`` (see :meth:`Index.check_move_to`). Returns the manifest: ``moves``
+        (``src``, ``dst``, ``status`` each; empty when nothing is to move) and ``manifest`` (its
+        path; None on a dry run or when nothing is to move).
 
         >>> plan = dinoret.open(".dinoret").dedup(threshold=0.95, progress=False).move_to("dups", dry_run=True)
         >>> plan["manifest"] is None, {m["status"] for m in plan["moves"]} <= {"planned"}
         (True, True)
         """
+        if self._index is not None and not allow_inside:
+            self._index.check_move_to(dest)
         members = [m for g in self.groups if g.reviewed != "not_duplicates" for m in g.members]
         to_move = [m.path for m in members if not m.is_keeper and not m.external]
         if not to_move:

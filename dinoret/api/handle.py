@@ -1,25 +1,31 @@
 """``dinoret.open`` and :class:`Index`: one index directory, searched, deduplicated and read
-exactly as the ``dinoret query``, ``dedup`` and ``info`` commands do."""
+exactly as the ``dinoret query``, ``dedup`` and ``info`` commands do (they call it).
+
+Opening an index and reading it (``dinoret info``) needs neither torch nor Faiss: the model
+(torch) is loaded at the first image to embed, the Faiss shards at the first search, and
+the dedup machinery at the first :meth:`Index.dedup`."""
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
-from dinoret.api.embedding import embed_with
-from dinoret.api.groups import Groups
-from dinoret.api.inputs import check_vector, is_id, is_vector, split_queries
+from dinoret.api.inputs import check_vector, is_id, is_vector, read_image_file, split_queries
 from dinoret.api.vectors import Vectors
 from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.layout import default_index_dir
 from dinoret.indexer.meta import Record
-from dinoret.retrieval.dedup import DEFAULT_K, DEFAULT_THRESHOLD, against_source, find_duplicates
 from dinoret.retrieval.index import Hit, IndexReader, open_index
-from dinoret.retrieval.reports import list_reports, load_report, save_report, set_group_verdict, set_keeper
 
-METHODS = ("auto", "exact", "faiss")  # kNN engines of dinoret.retrieval.knn_graph
+if TYPE_CHECKING:
+    from dinoret.api.groups import Groups
+    from dinoret.api.selection import Selection
+
+METHODS = ("auto", "exact", "ivfpq", "faiss")  # kNN engines of dinoret.retrieval.knn_graph
 
 
 class Index:
@@ -42,6 +48,7 @@ class Index:
     def __init__(self, reader: IndexReader, writable: bool = False, device: str = "auto",
                  weights: str | os.PathLike | None = None) -> None:
         self._reader = reader
+        self._writable = False
         self.writable = writable
         self._device = device
         self._weights = None if weights is None else os.fspath(weights)
@@ -52,6 +59,38 @@ class Index:
         self.summary = None
 
     # --- what it is -----------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        """Whether :meth:`dedup` runs are stored in the index and :meth:`review` may record
+        verdicts (``dinoret.open(..., writable=True)``; may be set later). Refused for an index
+        that is :attr:`read_only`.
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> idx.writable = True
+        >>> idx.writable
+        True
+        """
+        return self._writable
+
+    @writable.setter
+    def writable(self, value: bool) -> None:
+        if value and self.read_only:
+            raise UserError(f"the index at {self.root} is read-only (read-only media or folder): dedup reports, "
+                            "reviews and clusterings cannot be stored in it", param="index_dir")
+        self._writable = bool(value)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the index's files cannot be written (read-only media or folder): search,
+        read and dedup still work, storing reports does not."""
+        return self._reader.read_only
+
+    @property
+    def reader(self) -> IndexReader:
+        """The :class:`dinoret.retrieval.index.IndexReader` this handle reads through (records,
+        vectors, the catalog), for code built on dinoret's own modules."""
+        return self._reader
+
     @property
     def root(self) -> Path:
         """The index directory."""
@@ -71,6 +110,11 @@ class Index:
     def identity(self) -> dict:
         """What queries must match: model, weights sha256, dim, backbone config, preprocessing."""
         return dict(self._reader.identity)
+
+    @property
+    def device(self) -> str:
+        """Where image queries and other images are embedded (``auto``, ``cpu``, ``cuda``), as opened."""
+        return self._device
 
     @property
     def weights(self) -> str:
@@ -99,13 +143,15 @@ class Index:
         """
         self._reader.close()
 
-    def load(self, model: bool = False) -> None:
-        """Read the Faiss shards now rather than at the first search; with ``model=True`` also load
-        (and check against the index) the model that embeds image queries. Servers warm up so.
+    def load(self, model: bool = False, shards: bool = True) -> None:
+        """Read the Faiss shards now rather than at the first search (``shards``); with
+        ``model=True`` also load (and check against the index) the model that embeds image
+        queries, so that missing weights are found now. Servers warm up so.
 
         >>> dinoret.open(".dinoret").load(model=True)
         """
-        self._reader.load()
+        if shards:
+            self._reader.load()
         if model:
             self._query_embedder()
 
@@ -126,6 +172,34 @@ class Index:
         []
         """
         return self._reader.skipped()
+
+    def indexed_roots(self) -> list[str]:
+        """The folders (and files) the ``dinoret index`` runs of this index were given.
+
+        >>> import os
+        >>> [os.path.basename(p) for p in dinoret.open(".dinoret").indexed_roots()]
+        ['photos']
+        """
+        return self._reader.indexed_roots()
+
+    def check_move_to(self, dest: str | os.PathLike) -> None:
+        """Refuse (:class:`dinoret.Error`) a folder inside the indexed folders (symlinks resolved)
+        as a place to move duplicates to: the next ``dinoret index`` would index the moved
+        files again, and the next dedup would move them again. :meth:`Groups.move_to` checks
+        it (unless ``allow_inside=True``); call it to check before a long dedup run.
+
+        >>> dinoret.open(".dinoret").check_move_to("dups")
+        >>> dinoret.open(".dinoret").check_move_to("photos/dups")
+        Traceback (most recent call last):
+        dinoret.core.errors.UserError: the move target photos/dups is inside the indexed folder ...
+        """
+        from dinoret.retrieval.moves import enclosing_root
+
+        root = enclosing_root(dest, self.indexed_roots())
+        if root is not None:
+            raise UserError(f"the move target {os.fspath(dest)} is inside the indexed folder {root}: the next "
+                            "`dinoret index` would index the moved files again; choose a folder outside it",
+                            param=("move_to", "allow_inside"))
 
     def shard_sizes(self) -> list[tuple[int, int]]:
         """(shard number, vectors in its file) per Faiss shard.
@@ -176,6 +250,22 @@ class Index:
                 self._embedder = self._reader.embedder(device=self._device, weights=self._weights)
             return self._embedder
 
+    def read_image(self, path: str | os.PathLike) -> Image.Image:
+        """The image file decoded exactly as this index's files were (EXIF orientation, RGB, the
+        same reduced JPEG decoding): what :meth:`search` and :meth:`embed` make of a path.
+        An unreadable file raises :class:`dinoret.Error` with ``path`` and a short ``reason``.
+
+        >>> idx = dinoret.open(".dinoret")
+        >>> idx.read_image("query.jpg").mode
+        'RGB'
+        >>> try:
+        ...     idx.read_image("photos")
+        ... except dinoret.Error as e:
+        ...     print(e.reason)
+        a folder, not an image file
+        """
+        return read_image_file(path, self._query_embedder().preprocess.draft_size())
+
     def embed(self, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Embed images exactly as this index's images were embedded (same model, weights,
         preprocessing, decoder): float32 (N, dim), L2-normalised. ``images``: one image or a
@@ -185,6 +275,8 @@ class Index:
         >>> idx.embed("query.jpg").shape == (1, idx.dim)
         True
         """
+        from dinoret.api.embedding import embed_with
+
         return embed_with(self._query_embedder(), images, batch_size, progress)
 
     def search(self, query, k: int = 10, rerank: bool = True) -> list[Hit] | list[list[Hit]]:
@@ -232,41 +324,48 @@ class Index:
         return out[0] if single else out
 
     # --- duplicates ------------------------------------------------------------
-    def _against(self, against) -> tuple[object, str | None]:
+    def _against(self, against, param: str = "against") -> tuple[object, str | None]:
+        from dinoret.retrieval.dedup import against_source
+
         if against is None:
             return None, None
         if isinstance(against, Index):
             return against._reader, f"index:{against.root.resolve()}"
-        return against_source(against)
+        return against_source(against, param)
 
-    def dedup(self, threshold: float | None = DEFAULT_THRESHOLD, k: int = DEFAULT_K, keep: str = "largest",
+    def dedup(self, threshold: float | None = None, k: int | None = None, keep: str = "largest",
               against=None, split: bool = True, method: str = "auto", progress: bool = True) -> Groups:
         """Exact and near-duplicate groups, found as ``dinoret dedup`` finds them (same options,
         same defaults): exact copies by content or pixel hash, near ones by cosine >= ``threshold``
-        between stored vectors (a ``k``-nearest-neighbour graph), one keeper a group by ``keep``
+        (default 0.95) between stored vectors (a ``k``-nearest-neighbour graph, default 10), one keeper a group by ``keep``
         (``largest``, ``oldest``, ``first``), chained groups split into stars unless
         ``split=False``; groups reviewers marked *not duplicates* left out.
 
         ``against``: a folder of images, another index directory or :class:`Index`: the index
         images that duplicate *that* set instead (one group per matched item, the item as the
-        keeper). ``method``: ``auto``, ``exact`` or ``faiss`` kNN. On a ``writable`` handle the
-        result is stored in the index, as the CLI stores it (``Groups.id``).
+        keeper). ``method``: ``auto``, ``exact``, ``ivfpq`` or ``faiss`` kNN. On a ``writable``
+        handle the result is stored in the index, as the CLI stores it (``Groups.id``).
 
         >>> groups = dinoret.open(".dinoret").dedup(threshold=0.9, k=5, keep="oldest", progress=False)
         >>> groups.params["keep"], groups.id is None
         ('oldest', True)
         """
+        from dinoret.api.groups import Groups
+        from dinoret.retrieval.dedup import DEFAULT_K, DEFAULT_THRESHOLD, find_duplicates
+        from dinoret.retrieval.reports import save_report
+
         if method not in METHODS:
-            raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+            raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}", param="method")
         source, label = self._against(against)
         result = find_duplicates(
-            self._reader, threshold=DEFAULT_THRESHOLD if threshold is None else threshold, k=k, keep=keep,
+            self._reader, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            k=DEFAULT_K if k is None else k, keep=keep,
             against=source, against_label=label, split=split, device=self._device, method=method,
             weights=self._weights, progress=progress,
         )
         if self.writable:
             return self.report(save_report(self._reader.engine, result))
-        return Groups(result.to_dict())
+        return Groups(result.to_dict(), self)
 
     def reports(self) -> list[dict]:
         """The dedup reports stored in the index, newest first (``dinoret dedup --list``): id,
@@ -275,6 +374,8 @@ class Index:
         >>> isinstance(dinoret.open(".dinoret").reports(), list)
         True
         """
+        from dinoret.retrieval.reports import list_reports
+
         return list_reports(self._reader.engine)
 
     def report(self, report_id: int) -> Groups:
@@ -286,7 +387,10 @@ class Index:
         >>> len(idx.report(stored.id)) == len(stored)
         True
         """
-        return Groups(load_report(self._reader.engine, int(report_id)), self._reader.engine if self.writable else None)
+        from dinoret.api.groups import Groups
+        from dinoret.retrieval.reports import load_report
+
+        return Groups(load_report(self._reader.engine, int(report_id)), self)
 
     def review(self, member_ids, not_duplicates: bool | None = None, keeper: int | None = None) -> None:
         """Record a reviewer's verdict on the group with these member ids, as the web UI does:
@@ -298,6 +402,11 @@ class Index:
         >>> a, b = idx.ids()[:2]
         >>> idx.review([a, b], not_duplicates=True); idx.review([a, b], not_duplicates=False)
         """
+        from dinoret.retrieval.reports import set_group_verdict, set_keeper
+
+        if self.read_only:
+            raise UserError(f"the index at {self.root} is read-only (read-only media or folder): reviews cannot "
+                            "be stored in it")
         if not self.writable:
             raise UserError(f"the index {self.root} is open read-only: dinoret.open(..., writable=True) to review")
         ids = [int(i) for i in member_ids]
@@ -305,6 +414,78 @@ class Index:
             set_group_verdict(self._reader.engine, ids, "not_duplicates" if not_duplicates else None)
         if keeper is not None:
             set_keeper(self._reader.engine, ids, int(keeper))
+
+    # --- curation ------------------------------------------------------------------
+    def curate_clusters(self, clusters=None, resample=0, resample_points: int = 10,
+                        resample_strategy: str = "closest", iters: int = 10, seed: int = 0, recluster: bool = False,
+                        progress: bool = True) -> dict | None:
+        """Hierarchical k-means over the index's stored vectors, saved in the index, as
+        ``dinoret curate clusters`` runs it (the same options and defaults). Needs a ``writable``
+        handle.
+
+        ``clusters``: clusters per level, finest first (``[10000, 1000, 100]`` or
+        ``"10000,1000,100"``). ``resample``: resampling steps, one value or one per level;
+        ``resample_points`` vectors per cluster (``closest`` to its centroid or ``random``) go
+        into each. ``iters`` Lloyd iterations per k-means; the same ``seed`` gives the same
+        clusters. With a clustering already saved: without ``clusters`` (or with the same
+        levels) it is brought up to date (newly indexed images join their nearest leaf,
+        removed ones are dropped); ``recluster=True`` makes a new one. Under ``torchrun``
+        every process calls it and shares the work; rank 0 saves.
+
+        Returns (None on ranks other than 0) ``action`` (``clustered``, ``updated`` or
+        ``up to date``), ``images``, ``levels``, ``sizes`` (images per cluster, per level),
+        ``added``, ``removed``, ``seconds``, ``processes`` and ``notes``.
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> done = idx.curate_clusters([4, 2], recluster=True, progress=False)
+        >>> done["action"], done["levels"], int(done["sizes"][0].sum()) == len(idx)
+        ('clustered', [4, 2], True)
+        >>> idx.curate_clusters(progress=False)["action"]
+        'up to date'
+        """
+        from dinoret.api import curate
+
+        return curate.clusters(self, clusters, resample, resample_points, resample_strategy, iters, seed, recluster,
+                               progress)
+
+    def curate_sample(self, target: int, strategy: str = "random", seed: int = 0, exclude=None,
+                      exclude_threshold: float | None = None, progress: bool = True) -> Selection:
+        """Exactly ``target`` images balanced over the index's clustering (made by
+        :meth:`curate_clusters`), as ``dinoret curate sample`` picks them: the target is split
+        over the top-level clusters with a cap, then over their children down to the leaves,
+        where ``random`` images (fixed per image id and ``seed``) or those ``closest`` to the
+        centroid are taken. ``exclude``: an evaluation set (a folder of images, an index
+        directory or :class:`Index`): every pool image whose duplicate component touches it
+        (cosine >= ``exclude_threshold``, default 0.90, or an exact copy) is left out.
+
+        >>> idx = dinoret.open(".dinoret", writable=True)
+        >>> _ = idx.curate_clusters([4, 2], recluster=True, progress=False)
+        >>> pick = idx.curate_sample(4, exclude="test_set", exclude_threshold=0.998, progress=False)
+        >>> len(pick), len(set(pick.paths)), len(pick.excluded) > 0
+        (4, 4, True)
+        """
+        from dinoret.api import curate
+
+        return curate.sample(self, target, strategy, seed, exclude, exclude_threshold, progress)
+
+    def curate_retrieve(self, seeds, mode: str = "sample", k: int = 4, min_hits: int = 3, per_cluster: int = 10_000,
+                        level: int = 1, strategy: str = "random", seed: int = 0, exclude=None,
+                        exclude_threshold: float | None = None, progress: bool = True) -> Selection:
+        """The index images close to a curated seed set, as ``dinoret curate retrieve`` finds
+        them. ``seeds``: a folder of images (embedded as this index's images were) or an index
+        of the same model (a directory or :class:`Index`). ``mode="sample"``: the ``k`` nearest
+        pool images of every seed; ``"cluster"``: every cluster (at ``level``) holding at least
+        ``min_hits`` seeds gives up to ``per_cluster`` of its images (``random`` or ``closest``
+        to its seeds; needs :meth:`curate_clusters` first). ``exclude`` as in :meth:`curate_sample`.
+
+        >>> pick = dinoret.open(".dinoret").curate_retrieve("test_set", k=2, progress=False)
+        >>> pick[0].reason, pick.params["mode"], len(pick) <= 2 * pick.params["seeds"]
+        ('sample-retrieval', 'sample', True)
+        """
+        from dinoret.api import curate
+
+        return curate.retrieve(self, seeds, mode, k, min_hits, per_cluster, level, strategy, seed, exclude,
+                               exclude_threshold, progress)
 
 
 def open(index_dir: str | os.PathLike | None = None, writable: bool = False, device: str = "auto",

@@ -16,8 +16,6 @@ class Vectors:
     ``np.asarray(vectors)`` loads them all.
 
     >>> import numpy as np
-
-from dinoret.core.errors import UserError
     >>> idx = dinoret.open(".dinoret")
     >>> vecs = idx.vectors()
     >>> vecs.shape == (len(idx), idx.dim), vecs[0].shape == (idx.dim,), vecs[:2].dtype

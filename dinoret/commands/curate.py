@@ -90,107 +90,57 @@ def clusters_command(index_dir, levels, resample, resample_points, resample_stra
       dinoret curate clusters --clusters 2000,200 --recluster
       torchrun --nproc_per_node=8 -m dinoret curate clusters --clusters 100000,10000,1000 --device cuda
     """
-    import time
-
     import numpy as np
 
-    from dinoret.core import distributed
-    from dinoret.core.errors import UserError
-    from dinoret.retrieval.clusterings import clustering_lock, load_clustering, save_clustering
-    from dinoret.retrieval.curate_clusters import change_notes, check_model, cluster_index, update_clustering
-    from dinoret.retrieval.hierarchy import parse_levels, per_level
-    from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.kmeans import KMeansParams, Shard
+    import dinoret
 
-    ctx = distributed.setup(device)
-    try:
-        reader = open_index(index_dir)
-        main = ctx.is_main
-        existing = load_clustering(reader.engine, reader.root) if not recluster else None
-        if existing is not None:
-            h, row = existing
-            if levels is not None and parse_levels(levels) != row.params["levels"]:
-                raise UserError(f"the index already has a clustering with --clusters "
-                                f"{','.join(map(str, row.params['levels']))}: add --recluster to replace it")
-            check_model(reader, row)
-            t0 = time.perf_counter()
-            h, added, removed = update_clustering(reader, h, ctx.device)
-            if main:
-                if added or removed:
-                    with clustering_lock(reader.root):
-                        save_clustering(reader.engine, reader.root, h, reader.identity, time.perf_counter() - t0,
-                                        note=f"updated: {added} added, {removed} removed")
-                    _warn(change_notes(0, removed, row.n_images))
-                    click.echo(f"clustering updated: {added} new images put in their nearest leaf cluster, "
-                               f"{removed} removed images dropped; {len(h.ids)} images "
-                               f"(--recluster redoes the clustering)")
-                else:
-                    click.echo(f"the clustering is up to date ({len(h.ids)} images); --recluster redoes it")
-            return
-        if levels is None:
-            raise UserError("give --clusters K1,K2,... (finest level first, e.g. 10000,1000,100)")
-        ks = parse_levels(levels)
-        steps = per_level([int(v) for v in resample.split(",") if v.strip()] if resample else [0], len(ks), "--resample")
-        params = KMeansParams(iters=iters, resample_points=resample_points, resample_strategy=resample_strategy,
-                              device=ctx.device)
-        h, seconds = cluster_index(reader, ks, steps, params, seed, Shard(ctx.rank, ctx.world_size),
-                                   progress=not quiet and main)
-        if main:
-            with clustering_lock(reader.root):
-                save_clustering(reader.engine, reader.root, h, reader.identity, seconds)
-            click.echo(f"clustered {len(h.ids)} images in {seconds:.1f} s"
-                       + (f" over {ctx.world_size} processes" if ctx.world_size > 1 else ""))
-            for level in range(1, h.depth + 1):
-                sizes = h.sizes(level)
-                click.echo(f"  level {level}: {h.levels[level - 1]} clusters, images per cluster "
-                           f"min {sizes.min()} / median {int(np.median(sizes))} / max {sizes.max()}")
-        distributed.barrier()
-    finally:
-        distributed.teardown(ctx)
+    idx = dinoret.open(index_dir, device=device)
+    idx.writable = True
+    done = idx.curate_clusters(levels, resample, resample_points, resample_strategy, iters, seed, recluster,
+                               progress=not quiet)
+    if done is None:
+        return  # another torchrun rank: rank 0 reports
+    _warn(done["notes"])
+    if done["action"] == "updated":
+        click.echo(f"clustering updated: {done['added']} new images put in their nearest leaf cluster, "
+                   f"{done['removed']} removed images dropped; {done['images']} images "
+                   f"(--recluster redoes the clustering)")
+    elif done["action"] == "up to date":
+        click.echo(f"the clustering is up to date ({done['images']} images); --recluster redoes it")
+    else:
+        click.echo(f"clustered {done['images']} images in {done['seconds']:.1f} s"
+                   + (f" over {done['processes']} processes" if done["processes"] > 1 else ""))
+        for level, (k, sizes) in enumerate(zip(done["levels"], done["sizes"]), 1):
+            click.echo(f"  level {level}: {k} clusters, images per cluster "
+                       f"min {sizes.min()} / median {int(np.median(sizes))} / max {sizes.max()}")
 
 
-def _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet) -> None:
-    from dinoret.retrieval.selection_files import link_or_copy, write_excluded, write_selection
-
-    written = write_selection(selection, out)
-    click.echo(f"{len(selection.images)} images written to {written}")
+def _selection_outputs(selection, out, report_path, link_to, copy_to, quiet) -> None:
+    written = selection.write(out)
+    click.echo(f"{len(selection)} images written to {written}")
     if selection.excluded:
-        side = write_excluded(selection.excluded, written.with_name(written.stem + ".excluded.csv"))
-        click.echo(f"{len(selection.excluded)} pool images excluded (listed in {side}); for example:")
+        click.echo(f"{len(selection.excluded)} pool images excluded (listed in {selection.excluded_file}); for example:")
         for d in selection.excluded[:MAX_LISTED]:
             how = "same file/pixels as" if d.reason == "exact" else f"cosine {d.similarity:.3f} to"
             via = f" via image {d.via_id}" if d.via_id is not None else ""
             click.echo(f"  {d.path}: {how} {d.excluded_path}{via}")
     if link_to or copy_to:
-        done, problems = link_or_copy([s.path for s in selection.images], link_to or copy_to,
-                                      "link" if link_to else "copy")
+        done, problems = selection.link_to(link_to) if link_to else selection.copy_to(copy_to)
         click.echo(f"{'linked' if link_to else 'copied'} {done} files into {link_to or copy_to}")
         for p in problems[:MAX_LISTED]:
             click.echo(f"  not placed: {p}", err=True)
     if report_path:
-        from dinoret.retrieval.curate_report import write_curate_report
-
-        path = write_curate_report(reader, report_data, selection, report_path, progress=not quiet)
+        path = selection.to_html(report_path, progress=not quiet)
         click.echo(f"report written to {path}")
 
 
 def _check_outputs(out, link_to, copy_to) -> None:
     """Refuse bad output options before any work is done."""
-    from dinoret.retrieval.selection_files import check_suffix
+    from dinoret.api.selection import check_selection_path
 
-    check_suffix(out)
+    check_selection_path(out)
     if link_to and copy_to:
         raise click.UsageError("give --link-to or --copy-to, not both")
-
-
-def _exclusion(reader, h, exclude, threshold, device, weights, quiet):
-    """(eligible mask over h.ids, dropped list) for --exclude, or (None, [])."""
-    import numpy as np
-
-    dropped = _exclusion_list(reader, exclude, threshold, device, weights, quiet)
-    if not dropped:
-        return None, dropped
-    return ~np.isin(h.ids, np.array([d.id for d in dropped], np.int64)), dropped
 
 
 @command.command("sample")
@@ -211,24 +161,13 @@ def sample_command(index_dir, target, strategy, seed, out, report_path, link_to,
       dinoret curate sample --target 5000 --strategy closest --out pick.csv --report pick.html
       dinoret curate sample --target 5000 --exclude ./eval_images --out train.json --link-to ./train_set
     """
-    from dinoret.core.devices import resolve_device
-    from dinoret.retrieval.curate_clusters import index_clustering
-    from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.sampling import balanced_sample
-    from dinoret.retrieval.selection_files import selected_from_sample
+    import dinoret
 
     _check_outputs(out, link_to, copy_to)
-    reader = open_index(index_dir)
-    h, row, notes = index_clustering(reader, device=resolve_device(device))
-    _warn(notes)
-    eligible, dropped = _exclusion(reader, h, exclude, exclude_threshold, device, weights, quiet)
-    positions = balanced_sample(h, target, strategy, seed, eligible)
-    selection = selected_from_sample(reader, h, positions)
-    selection.excluded = dropped
-    selection.params = {"command": "sample", "target": target, "strategy": strategy, "seed": seed,
-                        "exclude": exclude, "clustering": row.id, "index": str(reader.root)}
-    report_data = {"hierarchy": h, "eligible": eligible, "chosen": positions, "title": f"balanced sample of {target}"}
-    _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet)
+    idx = dinoret.open(index_dir, device=device, weights=weights)
+    selection = idx.curate_sample(target, strategy, seed, exclude, exclude_threshold, progress=not quiet)
+    _warn(selection.notes)
+    _selection_outputs(selection, out, report_path, link_to, copy_to, quiet)
 
 
 @command.command("retrieve")
@@ -262,53 +201,18 @@ def retrieve_command(index_dir, seeds, mode, k, min_hits, per_cluster, level, st
       dinoret curate retrieve --seeds ./curated --mode cluster --min-hits 3 --per-cluster 10000 --out more.csv
       dinoret curate retrieve --seeds /data/curated_index --out near.json --exclude ./test_set --report near.html
     """
-    import numpy as np
-
-    from dinoret.core.devices import resolve_device
-    from dinoret.core.errors import UserError
-    from dinoret.retrieval.clusterings import load_clustering
-    from dinoret.retrieval.curate_clusters import index_clustering
-    from dinoret.retrieval.curate_retrieve import cluster_retrieval, load_seeds, sample_retrieval, selection_rows
-    from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.selection_files import Selection
+    import dinoret
 
     _check_outputs(out, link_to, copy_to)
-    reader = open_index(index_dir)
-    if len(reader) == 0:
-        raise UserError(f"the index at {reader.root} has no images")
-    h = None
-    if mode == "cluster" or load_clustering(reader.engine, reader.root) is not None:
-        h, row, notes = index_clustering(reader, device=resolve_device(device))
-        _warn(notes)
-    seeds = load_seeds(reader, seeds, device=device, weights=weights, progress=not quiet)
-    if h is not None:
-        eligible, dropped = _exclusion(reader, h, exclude, exclude_threshold, device, weights, quiet)
-    else:
-        eligible, dropped = None, _exclusion_list(reader, exclude, exclude_threshold, device, weights, quiet)
-    excluded_ids = np.array([d.id for d in dropped], np.int64)
+    idx = dinoret.open(index_dir, device=device, weights=weights)
+    selection = idx.curate_retrieve(seeds, mode, k, min_hits, per_cluster, level, strategy, seed, exclude,
+                                    exclude_threshold, progress=not quiet)
+    _warn(selection.notes)
+    found = selection.params
     if mode == "sample":
-        found = sample_retrieval(reader, seeds, k, excluded_ids)
-        reason = "sample-retrieval"
-        click.echo(f"{found.stats['retrieved']} pool images retrieved by {found.stats['seeds']} seeds (k={k}; "
-                   f"{found.stats['collisions']} found by more than one seed)")
+        click.echo(f"{found['retrieved']} pool images retrieved by {found['seeds']} seeds (k={k}; "
+                   f"{found['collisions']} found by more than one seed)")
     else:
-        found = cluster_retrieval(reader, h, seeds, min_hits, per_cluster, level, strategy, seed, eligible)
-        reason = "cluster-retrieval"
-        click.echo(f"{found.stats['clusters_used']} of the {found.stats['clusters_with_seeds']} level-{level} clusters "
-                   f"holding seeds have at least {min_hits}; {found.stats['retrieved']} pool images retrieved from them")
-    selection = Selection(selection_rows(reader, found, seeds, reason, h), h.levels if h is not None else [],
-                          {"command": "retrieve", "mode": mode, "seeds": seeds.label, **found.stats,
-                           "exclude": exclude, "index": str(reader.root)}, dropped)
-    chosen = None if h is None else np.searchsorted(h.ids, found.ids[np.isin(found.ids, h.ids)])
-    report_data = {"hierarchy": h, "eligible": eligible, "chosen": chosen, "seeds": seeds, "retrieved": found,
-                   "title": f"{mode}-based retrieval from {len(seeds.paths)} seeds"}
-    _selection_outputs(reader, selection, out, report_path, link_to, copy_to, report_data, quiet)
-
-
-def _exclusion_list(reader, exclude, threshold, device, weights, quiet):
-    if not exclude:
-        return []
-    from dinoret.retrieval.exclusion import DEFAULT_EXCLUDE_THRESHOLD, exclude_components
-
-    return exclude_components(reader, exclude, DEFAULT_EXCLUDE_THRESHOLD if threshold is None else threshold,
-                              device=device, weights=weights, progress=not quiet)
+        click.echo(f"{found['clusters_used']} of the {found['clusters_with_seeds']} level-{level} clusters "
+                   f"holding seeds have at least {min_hits}; {found['retrieved']} pool images retrieved from them")
+    _selection_outputs(selection, out, report_path, link_to, copy_to, quiet)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-
 import click
 
 from dinoret.console import shown
@@ -24,10 +22,7 @@ def _echo_groups(report: dict) -> None:
         click.echo(f"... {len(groups) - MAX_LISTED} more groups (write them all with --report FILE)")
 
 
-def _list(engine) -> None:
-    from dinoret.retrieval.reports import list_reports
-
-    reports = list_reports(engine)
+def _list(reports: list[dict]) -> None:
     if not reports:
         click.echo("no dedup reports yet: run `dinoret dedup`")
     for r in reports:
@@ -38,9 +33,9 @@ def _list(engine) -> None:
 
 
 def _undo(manifest: str, progress: bool) -> None:
-    from dinoret.retrieval.moves import undo_moves
+    import dinoret
 
-    summary = undo_moves(manifest, progress=progress)
+    summary = dinoret.undo_moves(manifest, progress=progress)
     click.echo(f"restored {summary['restored']} files ({summary['already_in_place']} were already in place)")
     for p in summary["problems"]:
         click.echo(f"  not restored: {shown(p)}", err=True)
@@ -48,27 +43,11 @@ def _undo(manifest: str, progress: bool) -> None:
         raise SystemExit(1)
 
 
-def _refuse_inside(move_to: str, roots: list[str]) -> None:
-    from dinoret.retrieval.moves import enclosing_root
-
-    root = enclosing_root(move_to, roots)
-    if root is not None:
-        raise UserError(f"--move-to {move_to} is inside the indexed folder {root}: the next `dinoret index` would "
-                        "index the moved files again; choose a folder outside it (or add --allow-inside)")
-
-
-def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
-    from dinoret.retrieval.moves import move_files, plan_moves
-
-    members = [m for g in report["groups"] if g.get("reviewed") != "not_duplicates" for m in g["members"]]
-    to_move = [m["path"] for m in members if not m["is_keeper"] and not m["external"]]
-    root_paths = [m["path"] for m in members if not m["external"]]
-    if not to_move:
+def _move(groups, move_to: str, dry_run: bool, progress: bool) -> None:
+    manifest = groups.move_to(move_to, dry_run=dry_run, allow_inside=True, progress=progress)  # checked before the search
+    if not manifest["moves"]:
         click.echo("nothing to move")
         return
-
-    plan = plan_moves(to_move, move_to, root=os.path.commonpath([os.path.dirname(p) for p in root_paths]))
-    manifest = move_files(plan, move_to, dry_run=dry_run, report_id=report.get("id"), progress=progress and not dry_run)
     statuses = [e["status"] for e in manifest["moves"]]
     if dry_run:
         for e in manifest["moves"]:
@@ -77,7 +56,7 @@ def _move(report: dict, move_to: str, dry_run: bool, progress: bool) -> None:
         click.echo(f"dry run: {statuses.count('planned')} files would move to {shown(move_to)}; nothing moved")
         return
     moved = statuses.count("moved")
-    click.echo(f"moved {moved} of {len(plan)} files to {shown(move_to)}; manifest {shown(manifest['manifest'])}")
+    click.echo(f"moved {moved} of {len(statuses)} files to {shown(move_to)}; manifest {shown(manifest['manifest'])}")
     for e in manifest["moves"]:
         if e["status"] != "moved":
             click.echo(f"  not moved: {shown(e['src'])}: {shown(e['status'])}", err=True)
@@ -143,52 +122,42 @@ def command(index_dir, threshold, k, against, report_path, fmt, keep, split, met
         _undo(undo, progress=not quiet)
         return
 
-    from dinoret.retrieval.dedup import DEFAULT_THRESHOLD, against_source, find_duplicates
-    from dinoret.retrieval.index import open_index
-    from dinoret.retrieval.report_files import report_format, write_report
-    from dinoret.retrieval.reports import add_report_files, load_report, save_report
+    import dinoret
+    from dinoret.api.groups import check_report_path
 
-    reader = open_index(index_dir)
+    idx = dinoret.open(index_dir, device=device, weights=weights)
     if job == "list_only":
-        _list(reader.engine)
+        _list(idx.reports())
         return
-    if reader.read_only and job != "from_report":
-        raise UserError(f"the index at {reader.root} is read-only: dedup stores its report there "
+    if idx.read_only and job != "from_report":
+        raise UserError(f"the index at {idx.root} is read-only: dedup stores its report there "
                         "(--list and --from-report still work)")
+    idx.writable = not idx.read_only
     if move_to and not allow_inside:
-        _refuse_inside(move_to, reader.indexed_roots())  # before the search: a refused run stores no report
+        idx.check_move_to(move_to)  # before the search: a refused run stores no report
     if report_path:
-        report_format(report_path, fmt)  # an unknown format is refused before the search, not after
-        if os.path.lexists(report_path) and not os.path.isfile(report_path):
-            raise UserError(f"--report {report_path} exists and is not a regular file (a device or a pipe?): "
-                            "it would be replaced; choose a file name")
+        check_report_path(report_path, fmt)  # before the search, not after
     if from_report:
-        report = load_report(reader.engine, from_report)
+        groups = idx.report(from_report)
     else:
-        source, label = against_source(against) if against else (None, None)
-        result = find_duplicates(
-            reader, threshold=DEFAULT_THRESHOLD if threshold is None else threshold, k=k, keep=keep,
-            against=source, against_label=label, split=split, device=device, method=method, weights=weights,
-            progress=not quiet,
-        )
-        report = load_report(reader.engine, save_report(reader.engine, result))
+        groups = idx.dedup(threshold=threshold, k=k, keep=keep, against=against, split=split, method=method,
+                           progress=not quiet)
+    report = groups.to_dict()
     if report_path or fmt:
         path = report_path or f"dinoret-dedup-{report['id']}.{fmt}"
         try:
-            written = write_report(report, path, report_format(path, fmt), progress=not quiet)
-        except OSError as e:
-            raise UserError(f"cannot write the report {path}: {e.strerror or e} (it is stored in the index as "
-                            f"report #{report['id']}: write it later with --from-report {report['id']} --report FILE)")
-        if not reader.read_only:
-            add_report_files(reader.engine, report["id"], [str(written.resolve())])
+            written = groups.write(path, fmt, progress=not quiet)
+        except UserError as e:
+            raise UserError(f"{e} (it is stored in the index as report #{report['id']}: write it later with "
+                            f"--from-report {report['id']} --report FILE)") from None
         click.echo(f"report written to {shown(written)}")
     _echo_groups(report)
     non_keepers = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"])
     exact = sum(1 for g in report["groups"] for m in g["members"] if not m["is_keeper"] and m["reason"] == "exact")
     click.echo(f"report #{report['id']}: {len(report['groups'])} groups, {non_keepers} duplicates "
-               f"({exact} exact, {non_keepers - exact} near) among {report['stats'].get('images', len(reader))} images, "
+               f"({exact} exact, {non_keepers - exact} near) among {report['stats'].get('images', len(idx))} images, "
                f"threshold {report['params']['threshold']}")
     if move_to:
-        _move(report, move_to, dry_run, progress=not quiet)
+        _move(groups, move_to, dry_run, progress=not quiet)
     elif non_keepers:
         click.echo("nothing moved: add --move-to DIR to move the non-keepers aside (undoable)")

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import click
 
-from dinoret.commands.train import load_training_image, report, training_files
+from dinoret.api.training import ARCHS, METHODS
+from dinoret.commands.train import print_files, report, resume_note
 from dinoret.options import device_option
-
-_ARCHS = ("vit_small", "vit_base", "vit_large", "vit_giant2")
 
 
 @click.command("distill")
@@ -17,9 +16,9 @@ _ARCHS = ("vit_small", "vit_base", "vit_large", "vit_giant2")
                    "`dinoret train` run folder or checkpoint (whose DINO/iBOT heads are used).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl, student_backbone.pth.")
-@click.option("--student", "arch", type=click.Choice(_ARCHS), default=None,
+@click.option("--student", "arch", type=click.Choice(ARCHS), default=None,
               help="Student architecture (student.arch; default vit_small; student.embed_dim/depth shrink it).")
-@click.option("--method", type=click.Choice(["auto", "heads", "feature"]), default=None,
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="heads: DINO + iBOT + KoLeo against the teacher's own heads (a dinoret teacher); "
                    "feature: cosine on class and patch tokens (any teacher); auto: heads when the teacher has them.")
 @click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -46,22 +45,12 @@ def command(data_dirs, teacher, output, arch, method, configs, sets, resume, dev
       dinoret distill --output runs/s14 --resume
     """
     import os
-    from functools import partial
 
-    from dinoret.core.errors import UserError
-    from dinoret.trainer.config import largest_crop, read_config_file
-    from dinoret.trainer.distill import distill, make_distill_config
+    import dinoret
 
-    out = Path(output)
-    main = int(os.environ.get("RANK", "0")) == 0
-    sets = list(sets) + [f"student.arch={arch}"] * bool(arch) + [f"distill.method={method}"] * bool(method)
-    sets += [f"train.device={device}"] if device != "auto" else []
-    saved = out / "config.yaml"
-    cfg = make_distill_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
-    if not resume and not teacher:
-        raise UserError("give the teacher: --teacher NAME|FILE|RUN_DIR")
-    files = training_files(data_dirs, out, resume, main)
-    load = partial(load_training_image, draft_size=largest_crop(cfg))
-    summary = distill(files, load, out, teacher, configs, sets, resume=resume, progress=not quiet)
-    if main:
-        report(summary, out / "student_backbone.pth")
+    resume_note(data_dirs, resume)
+    summary = dinoret.distill(list(data_dirs), output, teacher=teacher, student=arch, method=method, config=configs,
+                              set=sets, resume=resume, device=device, progress=not quiet,
+                              on_files=print_files(data_dirs))
+    if int(os.environ.get("RANK", "0")) == 0:
+        report(summary, summary["backbone"])

@@ -66,15 +66,12 @@ def command(paths, index_dir, model, weights, device, batch_size, workers, prepr
       dinoret index ./photos --precision int8 --index ./idx8   # the faster CPU path
       torchrun --nproc_per_node=8 -m dinoret index /data/photos --index /data/idx
     """
-    from dinoret.core.distributed import env_rank
-    from dinoret.indexer.build import BuildOptions, build_index
+    import dinoret
 
-    opts = BuildOptions(model=model, weights=weights, device=device, preprocess=preprocess, precision=precision,
-                        batch_size=batch_size,
-                        workers=workers, index_type=index_type, shard_size=shard_size, commit_every=commit_every,
-                        progress=not quiet)
-    summary = build_index(paths, index_dir, opts)
-    if env_rank() != 0:
-        return  # every rank has the summary; rank 0 prints it
-    for line in _summary_lines(summary):
+    idx = dinoret.index(list(paths), index=index_dir, model=model, weights=weights, device=device,
+                        batch_size=batch_size, workers=workers, preprocess=preprocess, precision=precision,
+                        index_type=index_type, shard_size=shard_size, commit_every=commit_every, progress=not quiet)
+    if idx is None:
+        return  # another torchrun rank: rank 0 prints the summary
+    for line in _summary_lines(idx.summary):
         click.echo(line)

@@ -20,29 +20,29 @@ def command(index_dir, list_skipped, as_json) -> None:
       dinoret info
       dinoret info --skipped --index /data/idx
     """
+    import dinoret
     from dinoret.core.units import human_size
-    from dinoret.retrieval.index import open_index
 
-    reader = open_index(index_dir)
-    stats = reader.stats()
+    idx = dinoret.open(index_dir)
+    stats = idx.info()
     if as_json:
-        stats["skipped_files"] = [{"path": p, "reason": r} for p, r in reader.skipped()] if list_skipped else None
+        stats["skipped_files"] = [{"path": p, "reason": r} for p, r in idx.skipped()] if list_skipped else None
         click.echo(json.dumps(stats, indent=2, default=str))
         return
     if list_skipped:
-        for path, reason in reader.skipped():
+        for path, reason in idx.skipped():
             click.echo(f"{reason}\t{shown(path)}")
         return
-    ident = reader.identity
+    ident = idx.identity
     params = stats["index_params"]
     kind = stats["index_type"] + (f" ({params['factory']}, nprobe {params['nprobe']})" if stats["index_type"] == "ivfpq" else "")
-    sizes = ", ".join(str(n) for _, n in reader.shard_sizes())
+    sizes = ", ".join(str(n) for _, n in idx.shard_sizes())
     run = stats["last_run"]
     lines = [
-        f"index:      {shown(reader.root)}",
+        f"index:      {shown(idx.root)}",
         f"model:      {ident['model']} (dim {ident['dim']}, weights sha256 {ident['weights_sha256'][:12]}…, "
         f"preprocess {ident['preprocess']['mode']}, precision {ident.get('precision', 'fp32')})",
-        f"weights:    {shown(reader.weights_path)}",
+        f"weights:    {shown(idx.weights)}",
         f"images:     {stats['images']}",
         f"skipped:    {stats['skipped']} (dinoret info --skipped)",
         f"index type: {kind}",

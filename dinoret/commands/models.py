@@ -11,11 +11,9 @@ def command() -> None:
     Example:
       dinoret models
     """
+    import dinoret
     from dinoret.console import shown
-    from dinoret.core.models import MODELS
-    from dinoret.core.weights import hub_cache_path, official_url
 
-    for name, cfg in MODELS.items():
-        cached = hub_cache_path(name)
-        where = f"cached: {cached}" if cached.is_file() else f"not cached; {official_url(name)}"
-        click.echo(f"{name:22s} dim={cfg.embed_dim:<5d} depth={cfg.depth:<3d} registers={cfg.num_register_tokens}  {shown(where)}")
+    for m in dinoret.models():
+        where = f"cached: {m['cached']}" if m["cached"] else f"not cached; {m['url']}"
+        click.echo(f"{m['name']:22s} dim={m['dim']:<5d} depth={m['depth']:<3d} registers={m['registers']}  {shown(where)}")

@@ -32,16 +32,19 @@ def command(images, index_dir, k, as_json, rerank, weights, device) -> None:
     """
     import os
 
+    import dinoret
+    from dinoret.api.inputs import UnreadableImage
     from dinoret.console import shown
-    from dinoret.retrieval.index import open_index
 
-    reader = open_index(index_dir)
-    if weights or device != "auto":
-        reader.configure_embedder(device=device, weights=weights)
-    opened = reader.open_query_images(list(images))
-    readable = [im for im in opened if not isinstance(im, str)]
-    found = iter(reader.search_images(readable, k=k, rerank=rerank))
-    results = [im if isinstance(im, str) else next(found) for im in opened]  # a str: why it cannot be read
+    idx = dinoret.open(index_dir, device=device, weights=weights)
+    opened = []  # per query: its image, or why it cannot be read (one bad file costs the others nothing)
+    for q in images:
+        try:
+            opened.append(idx.read_image(q))
+        except UnreadableImage as e:
+            opened.append(e.reason)
+    found = iter(idx.search([im for im in opened if not isinstance(im, str)], k=k, rerank=rerank))
+    results = [im if isinstance(im, str) else next(found) for im in opened]
     for q, res in zip(images, results):
         if isinstance(res, str):
             click.echo(shown(f"error: cannot read query image {q}: {res}"), err=True)

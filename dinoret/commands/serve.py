@@ -53,7 +53,7 @@ def command(index_dir: str, host: str, port: int, token: str | None, threads: in
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         click.echo(f"warning: serving on {host} without --token: anyone who can reach it can search and read the index",
                    err=True)
-    n = len(app.extensions["dinoret.reader"])
+    n = len(app.extensions["dinoret.index"])
     if debug:
         click.echo(f"serving {n:,} images (Flask development server, debug)")
         app.run(host=host, port=port, debug=True, use_reloader=False, use_debugger=False)

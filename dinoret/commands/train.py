@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -8,55 +10,19 @@ from dinoret.console import shown
 from dinoret.options import device_option
 
 
-def load_training_image(path: str, draft_size: int | None = None):
-    """The indexer's decoding (EXIF orientation, RGB, bomb and truncation checks); raises
-    ``SkipFile`` for a file the trainer should skip. Module-level so loader workers can pickle it."""
-    from dinoret.indexer.decode import open_image
-
-    return open_image(path, draft_size=draft_size).image
-
-
-def gather_files(data: list[str] | tuple[str, ...], output: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The training images named by ``data``, in order, each once: every image under a
-    folder (found by content, as `dinoret index` finds them), and the paths listed in a
-    selection file (``.txt``, ``.csv`` or ``.json``, as `dinoret curate` writes them).
-    Returns (files, skipped (path, reason))."""
-    from dinoret.indexer.discover import find_images
-    from dinoret.retrieval.selection_files import SUFFIXES, read_selection
-
-    files: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for item in data:
-        p = Path(item)
-        if p.is_file() and p.suffix.lower() in SUFFIXES:
-            for listed in read_selection(p):
-                if Path(listed).is_file():
-                    files.append(listed)
-                else:
-                    skipped.append((listed, f"listed in {p.name} but not found"))
-        else:
-            files += [str(f) for f in find_images([p], exclude=[output], on_skip=lambda f, r: skipped.append((str(f), r)))]
-    return list(dict.fromkeys(files)), skipped
-
-
-def training_files(data_dirs: tuple[str, ...], output: Path, resume: bool, main: bool) -> list[str] | None:
-    """The images under ``data_dirs`` (None on ``--resume``: the run trains on its recorded
-    list), with the unusable ones reported by rank 0. Shared by ``dinoret distill``."""
-    from dinoret.core.errors import UserError
-
-    if resume:
-        if data_dirs and main:
-            click.echo("--resume: training on the files recorded when the run started")
-        return None
-    if not data_dirs:
-        raise UserError("give at least one DATA folder or selection file (or --resume to continue a run)")
-    files, bad = gather_files(data_dirs, output)
-    if main:
+def print_files(data_dirs) -> Callable[[list[str], list[tuple[str, str]]], None]:
+    """What ``dinoret train`` and ``dinoret distill`` print once the images are found."""
+    def echo(files: list[str], bad: list[tuple[str, str]]) -> None:
         click.echo(f"{len(files)} images under {', '.join(map(shown, data_dirs))}"
                    + (f"; {len(bad)} unusable files skipped" if bad else ""))
         for path, reason in bad[:20]:
             click.echo(f"  skipped {shown(path)}: {reason}")
-    return files
+    return echo
+
+
+def resume_note(data_dirs, resume: bool) -> None:
+    if resume and data_dirs and int(os.environ.get("RANK", "0")) == 0:
+        click.echo("--resume: training on the files recorded when the run started")
 
 
 def report(summary: dict, backbone: Path) -> None:
@@ -98,24 +64,10 @@ def command(data_dirs, output, configs, sets, resume, device, quiet) -> None:
       dinoret train --output runs/s14 --resume
       torchrun --nproc_per_node=8 -m dinoret train /data/imgs --output runs/l14 --config configs/vitl14.yaml
     """
-    import os
-    from functools import partial
+    import dinoret
 
-    from dinoret.core.errors import UserError
-    from dinoret.trainer.config import largest_crop, make_config, read_config_file
-    from dinoret.trainer.train import train
-
-    out = Path(output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run folder {output}: {e.strerror or e}") from None
-    main = int(os.environ.get("RANK", "0")) == 0
-    sets = list(sets) + ([f"train.device={device}"] if device != "auto" else [])
-    saved = out / "config.yaml"
-    cfg = make_config(configs, sets, base=read_config_file(saved) if resume and saved.is_file() else None)
-    files = training_files(data_dirs, out, resume, main)
-    load = partial(load_training_image, draft_size=largest_crop(cfg))
-    summary = train(files, load, out, configs, sets, resume=resume, progress=not quiet)
-    if main:
-        report(summary, out / "teacher_backbone.pth")
+    resume_note(data_dirs, resume)
+    summary = dinoret.train(list(data_dirs), output, config=configs, set=sets, resume=resume, device=device,
+                            progress=not quiet, on_files=print_files(data_dirs))
+    if int(os.environ.get("RANK", "0")) == 0:
+        report(summary, summary["backbone"])
