@@ -196,6 +196,9 @@ def main() -> None:
         fwd(x)  # warm-up
     for r in range(args.rounds):
         for name, fwd in routes.items():
+            # One untimed batch first: the previous route's runtime (OpenMP, ONNX Runtime's pool)
+            # leaves its threads spinning for a while, which would be charged to this one.
+            fwd(x)
             speed[name].append(images_per_second(fwd, x, args.batches))
         print(f"  speed round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in speed.items()), flush=True)
 
