@@ -15,12 +15,13 @@ The iteration count of each arm is set from its own CPU cost per iteration, meas
 first by two short runs (their difference leaves start-up out); the schedules (warm-up,
 cosine) keep their shape. Then every backbone (teacher, each arm) is evaluated as
 ``benchmarks/train_eval.py`` does (UKBench N-S, Oxford leave-one-out kNN; class token,
-cosine) and its embedding speed measured.
+cosine) and its embedding speed measured (round-robin, one thread).
 
 \b
 Examples:
   .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --cpu-seconds 230
   .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --skip-train
+  .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --skip-train --speed-only
 """
 from __future__ import annotations
 
@@ -115,6 +116,17 @@ def embed_speed(backbone, seconds: float = 10.0, batch: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def embed_speeds(backbones: dict, rounds: int = 5, seconds: float = 3.0) -> dict[str, float]:
+    """Median images/s of each backbone over ``rounds`` round-robin rounds, so that the
+    machine's load (shared with other jobs) falls on every backbone alike."""
+    torch.set_num_threads(1)
+    runs = {name: [] for name in backbones}
+    for _ in range(rounds):
+        for name, b in backbones.items():
+            runs[name].append(embed_speed(b, seconds))
+    return {name: round(sorted(v)[len(v) // 2], 2) for name, v in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -128,6 +140,7 @@ def main() -> None:
     ap.add_argument("--cpu-seconds", type=float, default=230.0, help="CPU-time budget of every arm")
     ap.add_argument("--timing-steps", type=int, default=4, help="iterations the timing runs differ by")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the arms already in --output")
+    ap.add_argument("--speed-only", action="store_true", help="with --skip-train: embedding speeds only")
     ap.add_argument("--eval-crops", type=int, nargs="+", default=[112, 224])
     ap.add_argument("--threads", type=int, default=2, help="threads for the evaluation")
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
@@ -170,8 +183,11 @@ def main() -> None:
     for arm in args.arms:
         name = "teacher_backbone.pth" if arm == "scratch" else "student_backbone.pth"
         backbones[arm] = load_backbone(weights=args.output / arm / name)
-    torch.set_num_threads(1)
-    speed = {name: round(embed_speed(b), 2) for name, b in backbones.items()}
+    speed = embed_speeds(backbones)
+    ratio = {name: round(speed[name] / speed["teacher"], 2) for name in args.arms}
+    if args.speed_only:
+        print(json.dumps({"embed_images_per_s_224px_1thread": speed, "speed_vs_teacher": ratio}, indent=2))
+        return
     torch.set_num_threads(args.threads)
     results = {f"crop{c}": {name: evaluate(b, args.data, c) for name, b in backbones.items()} for c in args.eval_crops}
     result = {
@@ -180,6 +196,7 @@ def main() -> None:
         "architectures": {name: {k: b.config.to_dict()[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
                           for name, b in backbones.items()},
         "embed_images_per_s_224px_1thread": speed,
+        "speed_vs_teacher": ratio,
         "budget_cpu_s": args.cpu_seconds,
         "iterations": {arm: _total_iterations(args.output / arm / "metrics.jsonl") for arm in args.arms},
         "train_cpu_s": cpu,
