@@ -1,24 +1,27 @@
 """Teacher/student study: does `dinoret distill` give a small ViT most of a bigger ViT's quality,
 and more than training the small ViT from scratch for the same wall time?
 
-Arms, each trained for the same wall-time budget on the images of ../shared/data (all
-but the 55 Oxford5k queries; no label used), run side by side with one thread each so
-they share the machine alike:
+Arms, each trained with the same compute budget on the images of ../shared/data (all
+but the 55 Oxford5k queries; no label used), run side by side with one thread each:
 
 * ``heads``: `dinoret distill` against the teacher run's frozen DINO/iBOT heads;
 * ``feature``: `dinoret distill --method feature` (what an official checkpoint allows);
 * ``scratch``: `dinoret train` of the same student architecture (``--scratch-config``,
   configs/cpu_small.yaml, with the student's size).
 
-The iteration count of each arm is set from its own step time, measured first (all arms
-at once, as they will run); the schedules (warm-up, cosine) keep their shape. Then every
-backbone (teacher, each arm) is evaluated as ``benchmarks/train_eval.py`` does (UKBench
-N-S, Oxford leave-one-out kNN; class token, cosine) and its embedding speed measured.
+The budget is CPU time (``--cpu-seconds``, the arm's data-loader worker included): on an
+idle machine that is wall time, and on a shared one it is what each arm actually got.
+The iteration count of each arm is set from its own CPU cost per iteration, measured
+first by two short runs (their difference leaves start-up out); the schedules (warm-up,
+cosine) keep their shape. Then every backbone (teacher, each arm) is evaluated as
+``benchmarks/train_eval.py`` does (UKBench N-S, Oxford leave-one-out kNN; class token,
+cosine) and its embedding speed measured (round-robin, one thread).
 
 \b
 Examples:
-  .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --minutes 12
+  .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --cpu-seconds 230
   .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --skip-train
+  .venv/bin/python benchmarks/distill_eval.py --teacher runs/teacher --output runs/distill_study --skip-train --speed-only
 """
 from __future__ import annotations
 
@@ -83,11 +86,17 @@ def _spawn(args, arm: str, out: Path, iterations: int | None, stop_after: int | 
     return subprocess.Popen(cmd, env=env, stdout=open(out.with_suffix(".log"), "w"), stderr=subprocess.STDOUT)
 
 
-def _step_seconds(metrics: Path) -> float:
-    """Seconds per iteration, the loader's start-up (the first step) left out."""
-    steps = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["event"] == "step"]
-    gaps = [b["time"] - a["time"] for a, b in zip(steps[1:], steps[2:])] or [steps[-1]["time"] - steps[0]["time"]]
-    return sum(gaps) / len(gaps)
+def _wait(procs: dict[str, subprocess.Popen], what: str, outs: dict[str, Path]) -> dict[str, float]:
+    """Wait for every process; CPU seconds of each (user + system, its waited-for children,
+    the data-loader worker, included)."""
+    cpu = {}
+    for arm, p in procs.items():
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            raise SystemExit(f"{what} {arm} failed: see {outs[arm].with_suffix('.log')}")
+        cpu[arm] = usage.ru_utime + usage.ru_stime
+    return cpu
 
 
 def _total_iterations(metrics: Path) -> int:
@@ -107,6 +116,17 @@ def embed_speed(backbone, seconds: float = 10.0, batch: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def embed_speeds(backbones: dict, rounds: int = 5, seconds: float = 3.0) -> dict[str, float]:
+    """Median images/s of each backbone over ``rounds`` round-robin rounds, so that the
+    machine's load (shared with other jobs) falls on every backbone alike."""
+    torch.set_num_threads(1)
+    runs = {name: [] for name in backbones}
+    for _ in range(rounds):
+        for name, b in backbones.items():
+            runs[name].append(embed_speed(b, seconds))
+    return {name: round(sorted(v)[len(v) // 2], 2) for name, v in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -117,9 +137,10 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="distillation arms")
     ap.add_argument("--scratch-set", dest="scratch_sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    ap.add_argument("--minutes", type=float, default=12.0, help="wall-time budget of every arm")
-    ap.add_argument("--timing-steps", type=int, default=4)
+    ap.add_argument("--cpu-seconds", type=float, default=230.0, help="CPU-time budget of every arm")
+    ap.add_argument("--timing-steps", type=int, default=4, help="iterations the timing runs differ by")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the arms already in --output")
+    ap.add_argument("--speed-only", action="store_true", help="with --skip-train: embedding speeds only")
     ap.add_argument("--eval-crops", type=int, nargs="+", default=[112, 224])
     ap.add_argument("--threads", type=int, default=2, help="threads for the evaluation")
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
@@ -134,23 +155,25 @@ def main() -> None:
 
     args.output.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     iterations: dict[str, int] = {}
     if not args.skip_train:
-        timing = {arm: args.output / f"timing_{arm}" for arm in args.arms}
-        procs = {arm: _spawn(args, arm, out, None, args.timing_steps) for arm, out in timing.items()}
-        for arm, p in procs.items():
-            if p.wait():
-                raise SystemExit(f"timing run of {arm} failed: see {timing[arm].with_suffix('.log')}")
-        for arm, out in timing.items():
-            seconds = _step_seconds(out / "metrics.jsonl")
-            iterations[arm] = max(10, int(args.minutes * 60 / seconds))
-            print(f"{arm}: {seconds:.2f} s/iteration -> {iterations[arm]} iterations in {args.minutes} min", flush=True)
-        procs = {arm: _spawn(args, arm, args.output / arm, iterations[arm], None) for arm in args.arms}
-        for arm, p in procs.items():
-            if p.wait():
-                raise SystemExit(f"{arm} failed: see {(args.output / arm).with_suffix('.log')}")
+        short = {arm: args.output / f"timing_{arm}_short" for arm in args.arms}
+        long = {arm: args.output / f"timing_{arm}_long" for arm in args.arms}
+        procs = {**{("s", a): _spawn(args, a, o, None, 2) for a, o in short.items()},
+                 **{("l", a): _spawn(args, a, o, None, 2 + args.timing_steps) for a, o in long.items()}}
+        used = _wait(procs, "timing run", {k: (short if k[0] == "s" else long)[k[1]] for k in procs})
         for arm in args.arms:
-            records = [json.loads(x) for x in (args.output / arm / "metrics.jsonl").read_text().splitlines()]
+            per_step = (used[("l", arm)] - used[("s", arm)]) / args.timing_steps
+            startup = used[("s", arm)] - 2 * per_step
+            iterations[arm] = max(10, int((args.cpu_seconds - startup) / per_step))
+            print(f"{arm}: {per_step:.2f} CPU-s/iteration, start-up {startup:.0f} CPU-s -> {iterations[arm]} iterations",
+                  flush=True)
+        outs = {arm: args.output / arm for arm in args.arms}
+        procs = {arm: _spawn(args, arm, outs[arm], iterations[arm], None) for arm in args.arms}
+        cpu = {arm: round(v, 1) for arm, v in _wait(procs, "arm", outs).items()}
+        for arm in args.arms:
+            records = [json.loads(x) for x in (outs[arm] / "metrics.jsonl").read_text().splitlines()]
             start = next(r["time"] for r in records if r["event"] == "start")
             end = next(r["time"] for r in records if r["event"] == "end")
             walls[arm] = round(end - start, 1)
@@ -160,8 +183,11 @@ def main() -> None:
     for arm in args.arms:
         name = "teacher_backbone.pth" if arm == "scratch" else "student_backbone.pth"
         backbones[arm] = load_backbone(weights=args.output / arm / name)
-    torch.set_num_threads(1)
-    speed = {name: round(embed_speed(b), 2) for name, b in backbones.items()}
+    speed = embed_speeds(backbones)
+    ratio = {name: round(speed[name] / speed["teacher"], 2) for name in args.arms}
+    if args.speed_only:
+        print(json.dumps({"embed_images_per_s_224px_1thread": speed, "speed_vs_teacher": ratio}, indent=2))
+        return
     torch.set_num_threads(args.threads)
     results = {f"crop{c}": {name: evaluate(b, args.data, c) for name, b in backbones.items()} for c in args.eval_crops}
     result = {
@@ -170,8 +196,10 @@ def main() -> None:
         "architectures": {name: {k: b.config.to_dict()[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
                           for name, b in backbones.items()},
         "embed_images_per_s_224px_1thread": speed,
-        "budget_minutes": args.minutes,
+        "speed_vs_teacher": ratio,
+        "budget_cpu_s": args.cpu_seconds,
         "iterations": {arm: _total_iterations(args.output / arm / "metrics.jsonl") for arm in args.arms},
+        "train_cpu_s": cpu,
         "train_wall_s": walls,
         "results": results,
     }

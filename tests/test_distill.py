@@ -12,6 +12,7 @@ from dinoret.cli import main
 from dinoret.core.errors import UserError
 from dinoret.core.weights import load_backbone
 from dinoret.trainer.distill import DistillMetaArch, distill, load_teacher, make_distill_config
+from dinoret.trainer.config import read_config_file
 from dinoret.trainer.optim import apply_schedules, build_optimizer
 from dinoret.trainer.train import train
 from tests.conftest import make_image
@@ -111,11 +112,17 @@ def test_heads_come_from_the_run_and_mismatches_are_one_line_errors(teacher_run,
         load_teacher(str(tmp_path / "nothing-here"))
 
 
-def test_resume_continues_bit_for_bit(teacher_run, photos, tmp_path) -> None:
+def test_resume_continues_bit_for_bit(teacher_run, photos, tmp_path, monkeypatch) -> None:
     full = distill(photos, _pil, tmp_path / "full", str(teacher_run), overrides=STUDENT, progress=False)
     out = tmp_path / "cut"
-    distill(photos, _pil, out, str(teacher_run), overrides=STUDENT, stop_after=3, progress=False)
-    resumed = distill(None, _pil, out, resume=True, progress=False)
+    monkeypatch.chdir(teacher_run.parent)  # a relative --teacher ...
+    distill(photos, _pil, out, teacher_run.name, overrides=STUDENT, stop_after=3, progress=False)
+    monkeypatch.chdir(tmp_path)  # ... and a resume from another folder
+    # The run records the file it read (the run folder's newest checkpoint, absolute), and resumes from it.
+    assert read_config_file(out / "config.yaml")["distill"]["teacher"] == str(teacher_run / "checkpoint_0000002.pth")
+    with pytest.raises(UserError, match="distils"):
+        distill(None, _pil, out, str(teacher_run / "teacher_backbone.pth"), resume=True, progress=False)
+    resumed = distill(None, _pil, out, str(teacher_run), resume=True, progress=False)
     a, b = _steps(tmp_path / "full" / "metrics.jsonl"), _steps(out / "metrics.jsonl")
     assert [r["iteration"] for r in b] == list(range(6))
     assert [r["total_loss"] for r in b] == [r["total_loss"] for r in a]

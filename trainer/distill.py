@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dinoret.core.devices import resolve_device
 from dinoret.core.errors import UserError
+from dinoret.core.files import file_sha256
 from dinoret.core.models import DinoVisionTransformer
 from dinoret.trainer import checkpoint
 from dinoret.trainer.config import DEFAULTS, make_config, read_config_file
@@ -48,7 +49,7 @@ def distill_defaults() -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     cfg["student"].update(arch="vit_small", drop_path_rate=0.0)
     cfg["distill"] = {
-        "teacher": "",  # official model name, weights file, or dinoret train run folder / checkpoint
+        "teacher": "",  # set from --teacher: the file read (a run folder's newest checkpoint, an official model's weights)
         "method": "auto",  # heads (the teacher's DINO/iBOT heads) | feature | auto: heads when the teacher has them
         "masking": False,  # iBOT masking of the student's global crops (off: iBOT on every patch)
     }
@@ -71,17 +72,12 @@ class Teacher:
         return self.module.dino_head is not None
 
 
-def _file_sha256(path: Path) -> str:
-    from dinoret.core.weights import file_sha256
-
-    return file_sha256(path)
-
-
-def load_teacher(source: str) -> Teacher:
-    """The teacher named by ``source``: a ``dinoret train`` run folder (its newest checkpoint),
-    a training checkpoint, any weights file dinoret reads, or an official model name."""
+def teacher_file(source: str) -> Path:
+    """The file a teacher ``source`` names: a ``dinoret train`` run folder's newest checkpoint,
+    the file itself, or an official model's weights (hub cache, else downloaded); absolute, so
+    that a run records a file it can find again from any working directory."""
     from dinoret.core.models import MODELS
-    from dinoret.core.weights import infer_config, load_state_strict, read_checkpoint, resolve_weights
+    from dinoret.core.weights import resolve_weights
 
     if not source:
         raise UserError("no teacher given: a model name, a weights file or a `dinoret train` run folder", param="teacher")
@@ -90,16 +86,26 @@ def load_teacher(source: str) -> Teacher:
         found = checkpoint.list_checkpoints(path)
         if not found:
             raise UserError(f"teacher folder {path} holds no dinoret checkpoint (checkpoint_*.pth)")
-        path = found[-1][1]
-    elif not path.exists():
-        if source not in MODELS:
-            raise UserError(f"teacher {source!r} is neither a file, a run folder nor a model name (see `dinoret models`)")
-        path = resolve_weights(source, None)
+        return found[-1][1].absolute()
+    if path.exists():
+        return path.absolute()
+    if source not in MODELS:
+        raise UserError(f"teacher {source!r} is neither a file, a run folder nor a model name (see `dinoret models`)")
+    return resolve_weights(source, None).absolute()
+
+
+def load_teacher(source: str) -> Teacher:
+    """The frozen teacher named by ``source`` (see :func:`teacher_file`): with its DINO/iBOT
+    heads when it is a dinoret training checkpoint, a bare backbone otherwise."""
+    from dinoret.core.models import MODELS
+    from dinoret.core.weights import infer_config, load_state_strict, read_checkpoint
+
+    path = teacher_file(source)
     try:  # memory-mapped: a bare backbone is read again below, which then costs nothing
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip-format torch file: read_checkpoint below says what is wrong with it
         state = None
-    sha = _file_sha256(path)
+    sha = file_sha256(path)
     if isinstance(state, dict) and state.get("dinoret") == "train" and "config" in state:
         run_cfg = state["config"]
         final = state[state.get("final", "teacher")]
@@ -300,15 +306,16 @@ def distill(files: Sequence[str] | None, load_image: LoadImage, output_dir: str 
     if resume and not checkpoint.list_checkpoints(output_dir):
         raise UserError(f"no checkpoint in {output_dir} to resume from")
     if resume and saved.is_file():
+        # The exact file the run started with (a run folder's newest checkpoint may be newer now).
         recorded = read_config_file(saved).get("distill", {}).get("teacher", "")
-        if teacher and teacher != recorded:
+        if teacher and teacher_file(teacher).resolve() != Path(recorded).resolve():
             raise UserError(f"the run in {output_dir} distils {recorded}, not {teacher}")
         teacher = recorded
     frozen = load_teacher(teacher or "")
     defaults = distill_defaults()
     for section, values in teacher_defaults(frozen).items():
         defaults[section].update(values)
-    defaults["distill"]["teacher"] = teacher
+    defaults["distill"]["teacher"] = frozen.source
 
     def build(cfg: dict, state: dict | None) -> DistillMetaArch:
         if state is not None and state.get("teacher_sha256") != frozen.sha256:
@@ -326,5 +333,5 @@ def make_distill_config(config_files: Sequence[str | Path] = (), overrides: Sequ
     return make_config(config_files, overrides, base=base if base is not None else distill_defaults())
 
 
-__all__ = ["DistillMetaArch", "Teacher", "distill", "distill_defaults", "load_teacher",
-           "make_distill_config"]
+__all__ = ["DistillMetaArch", "Teacher", "distill", "distill_defaults", "load_teacher", "make_distill_config",
+           "teacher_file"]
