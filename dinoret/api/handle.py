@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoret.api.embedding import embed_with
 from dinoret.api.groups import Groups
 from dinoret.api.inputs import check_vector, is_id, is_vector, split_queries
 from dinoret.api.vectors import Vectors
@@ -185,6 +184,8 @@ class Index:
         >>> idx.embed("query.jpg").shape == (1, idx.dim)
         True
         """
+        from dinoret.api.embedding import embed_with  # torch: only when something is embedded
+
         return embed_with(self._query_embedder(), images, batch_size, progress)
 
     def search(self, query, k: int = 10, rerank: bool = True) -> list[Hit] | list[list[Hit]]:
