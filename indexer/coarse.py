@@ -47,10 +47,11 @@ def search_quantizer_nprobe(nlist: int, nprobe: int) -> int:
     return int(min(groups, max(MIN_SEARCH_QUANTIZER_NPROBE, math.ceil(4 * nprobe / per_group))))
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+def spherical_centroids(x: np.ndarray, k: int, seed: int, niter: int = _NITER) -> np.ndarray:
+    """``k`` unit centroids of the rows of ``x`` (Faiss spherical k-means)."""
     import faiss
 
-    km = faiss.Kmeans(x.shape[1], k, niter=_NITER, spherical=True, seed=seed, verbose=False)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=True, seed=seed, verbose=False)
     # Keep Faiss quiet about small samples: two-level groups are uneven by nature.
     km.cp.min_points_per_centroid = 1
     km.train(np.ascontiguousarray(x, dtype=np.float32))
@@ -91,7 +92,7 @@ def two_level_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.nda
     groups = quantizer_groups(nlist)
     rng = np.random.default_rng(seed)
     first = sample if len(sample) <= 256 * groups else sample[rng.choice(len(sample), 256 * groups, replace=False)]
-    top = _kmeans(first, groups, seed)
+    top = spherical_centroids(first, groups, seed)
     label = _nearest(sample, top)
     counts = np.bincount(label, minlength=groups)
     share = _shares(counts, nlist)
@@ -100,7 +101,7 @@ def two_level_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.nda
         if share[g] == 0:
             continue
         members = sample[label == g]
-        parts.append(members if share[g] == len(members) else _kmeans(members, int(share[g]), seed + 1 + g))
+        parts.append(members if share[g] == len(members) else spherical_centroids(members, int(share[g]), seed + 1 + g))
     centroids = np.concatenate(parts).astype(np.float32)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     return centroids

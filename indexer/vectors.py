@@ -138,7 +138,10 @@ class VectorStore:
             if rows.max() >= len(arr):
                 raise KeyError(f"no stored vector for ids {ids[sel][rows >= len(arr)][:5].tolist()}")
             lo, hi = int(rows[0]), int(rows[-1]) + 1
-            out[sel] = arr[lo:hi][rows - lo] if hi - lo < 2 * len(rows) else arr[rows]
+            if hi - lo == len(rows) and (len(rows) < 2 or bool((np.diff(rows) == 1).all())):
+                out[sel] = arr[lo:hi]  # every row of the range, in order: copied without a temporary
+            else:
+                out[sel] = arr[lo:hi][rows - lo] if hi - lo < 2 * len(rows) else arr[rows]
             del arr  # unmapped: its pages leave this process
         return out
 

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from dinoret.core.devices import device_type
+from dinoret.core.errors import NotFound, UserError
 from dinoret.retrieval.dedup_result import DedupResult, Group, Member
-from dinoret.retrieval.groups import KEEP_POLICIES, RowGroup, find_groups, keeper_rank, labels_from_keys
-from dinoret.retrieval.knn_graph import choose_method, knn_edges
+from dinoret.retrieval.groups import (
+    KEEP_POLICIES, RowGroup, digests_array, find_groups, first_match, key_digest, key_digests, keeper_rank,
+    labels_from_keys,
+)
+from dinoret.retrieval.knn_graph import choose_method, default_nprobe, knn_edges
 from dinoret.retrieval.reports import apply_reviews, load_reviews
 from dinoret.retrieval.unit_vectors import UnitVectors
-from dinoret.core.devices import resolve_device
-from dinoret.core.errors import NotFound, UserError
 
 # The best mean F1 over the three image sets of benchmarks/dedup_quality.py for the only
 # trained backbone measurable offline (a small ViT trained by benchmarks/train_eval.py), default
@@ -54,6 +58,73 @@ class _Items:
             score=round(float(score), 6), reason=reason, width=int(self.width[row]), height=int(self.height[row]),
             size=int(self.size[row]), external=external,
         )
+
+
+class _IndexRows:
+    """The images of the index being deduplicated, as a million of them fit: for every image
+    its id, the digests of its hashes and its stored vector (compact arrays, the vectors
+    float16 as stored), and the rest of its record (path, size, ...) read only for the rows
+    that fall in some group."""
+
+    def __init__(self, reader) -> None:
+        ids, content, pixels = array("q"), bytearray(), bytearray()
+        for n, rec in enumerate(reader.meta.iter_records(), 1):  # one record at a time: none is kept
+            ids.append(rec.id)
+            content += key_digest(rec.content_hash)
+            pixels += key_digest(rec.pixel_hash)
+            if n % 65_536 == 0:
+                reader.meta.drop_pages()  # the records read need not stay resident beside the vectors
+        reader.meta.drop_pages()
+        self.reader = reader
+        self.ids = np.array(ids, dtype=np.int64)
+        del ids
+        self.content, self.pixels = digests_array(content), digests_array(pixels)
+        del content, pixels
+        self.vectors = UnitVectors(reader.vectors(self.ids, float16=True))
+        self._records: dict[int, object] = {}  # row -> Record, or None once it is gone
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, rows: np.ndarray) -> None:
+        """Read the records of ``rows`` (a record deleted since the first read stays None)."""
+        rows = [int(r) for r in rows if int(r) not in self._records]
+        found = {rec.id: rec for rec in self.reader.records(self.ids[rows])}
+        for r in rows:
+            self._records[r] = found.get(int(self.ids[r]))
+
+    def record(self, row: int):
+        if row not in self._records:
+            self.load(np.array([row]))
+        return self._records[row]
+
+    def path(self, row: int) -> str:
+        rec = self.record(row)
+        return "" if rec is None else rec.path
+
+    def member(self, row: int, is_keeper: bool, score: float, reason: str) -> Member:
+        rec = self.record(row)
+        return Member(id=int(self.ids[row]), path=rec.path, is_keeper=is_keeper, score=round(float(score), 6),
+                      reason=reason, width=int(rec.width), height=int(rec.height), size=int(rec.size))
+
+    def keeper_rank(self, keep: str, reviews: dict):
+        """``find_groups``' rank function: the keeper policy over the rows given (their records
+        read now), a reviewer's keeper ahead of every policy choice, a vanished record last."""
+        def rank(rows: np.ndarray) -> np.ndarray:
+            self.load(rows)
+            recs = [self._records[int(r)] for r in rows]
+            gone = np.array([rec is None for rec in recs], bool)
+            r = keeper_rank(keep, *(np.array([0 if rec is None else getattr(rec, f) for rec in recs])
+                                    for f in ("width", "height", "size", "mtime")),
+                            ["" if rec is None else rec.path for rec in recs])
+            at = {int(i): n for n, i in enumerate(self.ids[rows])}
+            for review in reviews.values():
+                if review["keeper_id"] in at:
+                    r[at[review["keeper_id"]]] -= len(rows)
+            r[gone] += 2 * len(rows)
+            return r
+
+        return rank
 
 
 def _index_items(reader) -> _Items:
@@ -95,17 +166,25 @@ def _reason(exact: bool) -> str:
     return "exact" if exact else "near"
 
 
-def _self_groups(items: _Items, rows: list[RowGroup]) -> list[Group]:
-    groups = []
-    for n, g in enumerate(rows, 1):
+def _self_groups(items: _IndexRows, rows: list[RowGroup]) -> tuple[list[Group], int]:
+    """The groups as reported, and how many were dropped because images' records vanished (a
+    concurrent index run) before they were read: such images are left out, and a group left
+    with fewer than two, or without its keeper (the scores are cosines to it), is dropped."""
+    groups, dropped = [], 0
+    for g in rows:
+        live = np.array([items.record(int(r)) is not None for r in g.rows], bool)
+        if not live[0] or live.sum() < 2:
+            dropped += 1
+            continue
+        g = RowGroup(g.rows[live], g.scores[live], g.exact[live])
         others_exact = bool(g.exact[1:].all())
         members = [items.member(int(r), i == 0, s, _reason(others_exact if i == 0 else bool(e)))
                    for i, (r, s, e) in enumerate(zip(g.rows, g.scores, g.exact))]
-        groups.append(Group(n, members[0].id, members))
-    return groups
+        groups.append(Group(len(groups) + 1, members[0].id, members))
+    return groups, dropped
 
 
-def _against_groups(items: _Items, other: _Items, threshold: float, method: str, device: str,
+def _against_groups(items: _IndexRows, other: _Items, threshold: float, method: str, device: str,
                     progress: bool) -> tuple[list[Group], dict]:
     """One group per item of ``other`` that index rows duplicate; each index row joins at most
     one group (its best match), so nothing is moved twice."""
@@ -114,23 +193,22 @@ def _against_groups(items: _Items, other: _Items, threshold: float, method: str,
                                 device=device, progress=progress)
     for a, b, s in zip(src.tolist(), dst.tolist(), score.tolist()):
         best[a] = (b, s, False)
-    by_hash: dict[str, int] = {}
-    for j, (c, p) in enumerate(zip(other.content, other.pixels)):
-        by_hash.setdefault("c" + c, j)
-        if p:
-            by_hash.setdefault("p" + p, j)
-    n_exact = 0
-    for i, (c, p) in enumerate(zip(items.content, items.pixels)):
-        j = by_hash.get("c" + c, by_hash.get("p" + p) if p else None)
-        if j is not None:
-            best[i] = (j, float(items.vectors.rows(i) @ other.vectors.rows(j)), True)
-            n_exact += 1
+    # Same bytes first, else same pixels: the first item of the other set with that hash.
+    same = first_match(items.content, key_digests(other.content))
+    by_pixels = first_match(items.pixels, key_digests(other.pixels))
+    same = np.where(same >= 0, same, by_pixels)
+    exact_rows = np.flatnonzero(same >= 0)
+    for i, j in zip(exact_rows.tolist(), same[exact_rows].tolist()):
+        best[i] = (j, float(items.vectors.rows(i) @ other.vectors.rows(j)), True)
+    n_exact = len(exact_rows)
+    items.load(np.array(sorted(best), np.int64))
     members_of: dict[int, list[tuple[int, float, bool]]] = {}
     for i, (j, s, exact) in best.items():
-        members_of.setdefault(j, []).append((i, s, exact))
+        if items.record(i) is not None:  # not deleted by a concurrent index run since the first read
+            members_of.setdefault(j, []).append((i, s, exact))
     groups = []
     for n, j in enumerate(sorted(members_of, key=lambda j: other.paths[j]), 1):
-        matched = sorted(members_of[j], key=lambda t: (not t[2], -t[1], items.paths[t[0]]))
+        matched = sorted(members_of[j], key=lambda t: (not t[2], -t[1], items.path(t[0])))
         keeper = other.member(j, True, 1.0, _reason(all(e for _, _, e in matched)), external=True)
         groups.append(Group(n, None, [keeper] + [items.member(i, False, s, _reason(e)) for i, s, e in matched]))
     return groups, {"exact_matches": n_exact, "near_edges": int(len(src))}
@@ -167,7 +245,7 @@ def find_duplicates(
     split: bool = True,
     device: str = "auto",
     method: str = "auto",
-    nprobe: int = 16,
+    nprobe: int | None = None,
     weights: str | None = None,
     against_label: str | None = None,
     progress: bool = False,
@@ -176,15 +254,17 @@ def find_duplicates(
 
     ``against``: None (the index with itself), another ``IndexReader``, or image paths
     (embedded with the index's own model: ``weights`` if it moved). Groups a reviewer marked
-    "not duplicates" are left out; keepers a reviewer chose stay keepers.
+    "not duplicates" are left out; keepers a reviewer chose stay keepers. ``nprobe``: lists
+    each vector is compared within by the IVF engines (default: the engine's own).
     """
     if keep not in KEEP_POLICIES:
         raise UserError(f"the keeper policy must be one of {', '.join(KEEP_POLICIES)}, not {keep!r}", param="keep")
     if not -1.0 <= threshold <= 1.0:
         raise UserError(f"the threshold is a cosine similarity in [-1, 1], not {threshold}", param="threshold")
     t0 = time.perf_counter()
-    items = _index_items(reader)
-    dev = resolve_device(device)
+    items = _IndexRows(reader)
+    read_s = time.perf_counter() - t0
+    dev = device_type(device)
     params = {
         "threshold": threshold, "k": k, "keep": keep, "split": split, "nprobe": nprobe,
         "against": against_label if against is not None else None, "index": str(reader.root),
@@ -193,30 +273,32 @@ def find_duplicates(
     }
     stats: dict = {"images": len(items)}
     if against is not None:
-        other, more = open_other_set(reader, against, str(dev), weights, progress)
+        other, more = open_other_set(reader, against, device, weights, progress)
         stats.update(more)
         params["method"] = choose_method(len(items), len(other), dev) if method == "auto" else method
+        params["nprobe"] = default_nprobe(params["method"]) if nprobe is None else nprobe
         if len(items) and len(other):
-            groups, more = _against_groups(items, other, threshold, params["method"], str(dev), progress)
+            groups, more = _against_groups(items, other, threshold, params["method"], dev, progress)
             stats.update(more)
         else:
             groups = []
     else:
         params["method"] = choose_method(len(items), len(items), dev) if method == "auto" else method
-        rank = keeper_rank(keep, items.width, items.height, items.size, items.mtime, items.paths)
+        params["nprobe"] = default_nprobe(params["method"]) if nprobe is None else nprobe
         reviews = load_reviews(reader.engine)
-        row_of = {int(i): r for r, i in enumerate(items.ids)}
-        for review in reviews.values():
-            if review["keeper_id"] in row_of:  # a reviewer's keeper outranks every policy choice
-                rank[row_of[review["keeper_id"]]] -= len(items)
         exact = labels_from_keys(len(items), items.content, items.pixels)
         stats["exact_copies"] = int((exact != np.arange(len(items))).sum())
-        rows = find_groups(items.vectors, threshold, k=k, rank=rank, exact_labels=exact, split=split,
-                           method=params["method"], device=dev, nprobe=nprobe, progress=progress) if len(items) else []
-        groups = apply_reviews(_self_groups(items, rows), reviews)
-        stats["not_duplicates_skipped"] = len(rows) - len(groups)
+        rows = find_groups(items.vectors, threshold, k=k, rank=items.keeper_rank(keep, reviews), exact_labels=exact,
+                           split=split, method=params["method"], device=dev, nprobe=params["nprobe"],
+                           progress=progress) if len(items) else []
+        found, vanished = _self_groups(items, rows)
+        groups = apply_reviews(found, reviews)
+        stats["not_duplicates_skipped"] = len(found) - len(groups)
+        if vanished:
+            stats["groups_dropped_images_gone"] = vanished
         for n, g in enumerate(groups, 1):
             g.group = n
+    stats["read_seconds"] = round(read_s, 3)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return DedupResult(groups, params, stats)
 

@@ -14,11 +14,11 @@ is that similarity. Exact copies are never separated.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from dinoret.retrieval.knn_graph import knn_edges
 from dinoret.retrieval.unit_vectors import UnitVectors, as_unit
@@ -27,11 +27,12 @@ KEEP_POLICIES = ("largest", "oldest", "first")
 
 
 class UnionFind:
-    """Disjoint sets over 0..n-1 (union by size, path halving)."""
+    """Disjoint sets over 0..n-1. Unions are applied to whole arrays of pairs at once
+    (hooking each root under the smallest root it meets, then pointer jumping), so a
+    million elements and as many pairs cost a few numpy passes, not a Python loop."""
 
     def __init__(self, n: int) -> None:
         self.parent = np.arange(n, dtype=np.int64)
-        self.size = np.ones(n, dtype=np.int64)
 
     def find(self, i: int) -> int:
         parent = self.parent
@@ -41,20 +42,22 @@ class UnionFind:
         return int(i)
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
+        self.union_pairs(np.array([a]), np.array([b]))
 
     def union_pairs(self, src: np.ndarray, dst: np.ndarray) -> None:
-        for a, b in zip(src.tolist(), dst.tolist()):
-            self.union(a, b)
+        p = self._compress()
+        a, b = p[np.asarray(src, np.int64)], p[np.asarray(dst, np.int64)]
+        while True:
+            apart = a != b
+            if not apart.any():
+                break
+            a, b = a[apart], b[apart]
+            # Parents only ever point to a smaller element, so no cycle can form.
+            np.minimum.at(p, np.maximum(a, b), np.minimum(a, b))
+            p = self._compress()
+            a, b = p[a], p[b]
 
-    def labels(self) -> np.ndarray:
-        """The root of every element (fully compressed, vectorised pointer jumping)."""
+    def _compress(self) -> np.ndarray:
         p = self.parent
         while True:
             q = p[p]
@@ -62,19 +65,56 @@ class UnionFind:
                 break
             p = q
         self.parent = p
-        return p.copy()
+        return p
+
+    def labels(self) -> np.ndarray:
+        """The root of every element (fully compressed)."""
+        return self._compress().copy()
 
 
-def labels_from_keys(n: int, *keys: Sequence) -> np.ndarray:
-    """Row labels where rows sharing any non-empty key (content hash, pixel hash ...) share a label."""
+def key_digest(key: str | None) -> bytes:
+    """16 bytes standing for a hash key (a content or pixel hash); zeros for no key."""
+    return hashlib.blake2b(key.encode(), digest_size=16).digest() if key else bytes(16)
+
+
+def key_digests(keys: Iterable[str | None]) -> np.ndarray:
+    """``key_digest`` of each key as a [n, 2] uint64 array: 16 bytes a row, whatever the keys."""
+    return digests_array(b"".join(map(key_digest, keys)))
+
+
+def digests_array(joined: bytes | bytearray) -> np.ndarray:
+    """Concatenated ``key_digest`` values as a [n, 2] uint64 array."""
+    return np.frombuffer(bytes(joined), dtype=np.uint64).reshape(-1, 2)
+
+
+def first_match(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """For each row of ``keys`` (digests), the first row of ``table`` with the same digest, or -1
+    (also for an empty key)."""
+    void = np.dtype((np.void, 16))
+    t = np.ascontiguousarray(table).view(void).ravel()
+    q = np.ascontiguousarray(keys).view(void).ravel()
+    if len(t) == 0:
+        return np.full(len(q), -1, np.int64)
+    order = np.argsort(t, kind="stable")  # equal digests keep table order: the first comes first
+    ordered = t[order]
+    at = np.minimum(np.searchsorted(ordered, q), len(t) - 1)
+    found = (ordered[at] == q) & keys.any(axis=1)
+    return np.where(found, order[at], -1)
+
+
+def labels_from_keys(n: int, *keys: Sequence | np.ndarray) -> np.ndarray:
+    """Row labels where rows sharing any non-empty key (content hash, pixel hash ...) share a
+    label. A key column is a sequence of strings (None or "" for none) or its ``key_digests``."""
     uf = UnionFind(n)
     for column in keys:
-        first: dict = {}
-        for i, key in enumerate(column):
-            if key:
-                j = first.setdefault(key, i)
-                if j != i:
-                    uf.union(j, i)
+        d = column if isinstance(column, np.ndarray) else key_digests(column)
+        rows = np.flatnonzero(d.any(axis=1))
+        rows = rows[np.lexsort((d[rows, 1], d[rows, 0]))]
+        same = (d[rows[1:]] == d[rows[:-1]]).all(axis=1)
+        if same.any():
+            starts = np.flatnonzero(np.r_[True, ~same])
+            first = rows[np.repeat(starts, np.diff(np.r_[starts, len(rows)]))]
+            uf.union_pairs(first[1:][same], rows[1:][same])
     return uf.labels()
 
 
@@ -82,8 +122,9 @@ def components(labels: np.ndarray, min_size: int = 2) -> list[np.ndarray]:
     """Rows grouped by label (ascending rows inside each), groups of at least ``min_size``."""
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
-    cuts = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
-    return [c for c in np.split(order, cuts) if len(c) >= min_size]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sizes = np.diff(np.r_[starts, len(labels)])
+    return [order[s : s + m] for s, m in zip(starts.tolist(), sizes.tolist()) if m >= min_size]
 
 
 def keeper_rank(policy: str, width: np.ndarray, height: np.ndarray, size: np.ndarray, mtime: np.ndarray,
@@ -148,21 +189,22 @@ def find_groups(
     vectors: np.ndarray | UnitVectors,
     threshold: float,
     k: int = 10,
-    rank: np.ndarray | None = None,
+    rank: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
     exact_labels: np.ndarray | None = None,
     split: bool = True,
     method: str = "auto",
-    device: str | torch.device = "auto",
-    nprobe: int = 16,
+    device: str = "auto",
+    nprobe: int | None = None,
     progress: bool = False,
 ) -> list[RowGroup]:
     """Duplicate groups among the rows of ``vectors`` (as stored: normalised here): exact copies
     (``exact_labels`` from ``labels_from_keys``) first, then kNN edges with cosine >= ``threshold``, connected
     components, and (``split``) the star split. ``rank``: keeper preference, 0 = best
-    (default: row order). Groups come ordered by their keeper's rank."""
+    (default: row order), or a function given the (ascending) rows that fall in some group
+    and returning their ranks, so that the facts ranks come from are read for those rows
+    only. Groups come ordered by their keeper's rank."""
     vectors = as_unit(vectors)
     n = len(vectors)
-    rank = np.arange(n) if rank is None else np.asarray(rank)
     uf = UnionFind(n)
     if exact_labels is not None:
         copies = np.flatnonzero(exact_labels != np.arange(n))
@@ -170,8 +212,16 @@ def find_groups(
     src, dst, _ = knn_edges(vectors, k=k, threshold=threshold, method=method, device=device, nprobe=nprobe,
                             progress=progress)
     uf.union_pairs(src, dst)
+    del src, dst
+    comps = components(uf.labels())
+    if callable(rank):
+        grouped = np.sort(np.concatenate(comps)) if comps else np.zeros(0, np.int64)
+        ranks = np.asarray(rank(grouped))
+        rank = np.zeros(n, ranks.dtype if len(ranks) else np.int64)
+        rank[grouped] = ranks
+    rank = np.arange(n) if rank is None else np.asarray(rank)
     groups = []
-    for comp in components(uf.labels()):
+    for comp in comps:
         if split and len(comp) > 2:
             atoms = None if exact_labels is None else exact_labels[comp]
             parts = [comp[s] for s in star_split(vectors.rows(comp), rank[comp], threshold, atoms)]

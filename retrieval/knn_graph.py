@@ -3,15 +3,22 @@
 This is the candidate step of copy detection in the DINOv2 data pipeline: every vector's
 k nearest neighbours, and only the edges whose cosine similarity clears the threshold.
 
-Three engines give the same kind of answer; every edge score they return is the exact
+The engines give the same kind of answer; every edge score they return is the exact
 cosine of the two stored vectors:
 
-* ``exact``: blocked matrix products in torch (GPU when present, else CPU). Its cost
-  grows as N^2, which a GPU absorbs up to millions of vectors.
+* ``exact``: every pair, by blocked matrix products (numpy's BLAS on a CPU, torch on a
+  GPU). Its cost grows as N^2, which a GPU absorbs up to millions of vectors.
+* ``ivf``: the same blocked products inside an inverted file, without any index. A
+  spherical k-means on a sample gives ``ivf_lists(N)`` centroids (about sqrt(N)); each
+  vector belongs to the list of its nearest centroid and is compared, exactly, with the
+  members of its ``nprobe`` nearest lists: one matrix product per list, between the list's
+  members and the vectors probing it, converted from float16 a block at a time. Nothing
+  but the list numbers (4 bytes per vector and probe) is held beside the vectors.
 * ``ivfpq``: Faiss IVF with 4-bit fast-scan PQ codes (24 bytes a vector) probed at
-  ``nprobe`` lists, whose candidates are re-scored exactly from the stored vectors. The
-  index holds codes, not a float32 copy, so memory stays near the float16 vectors' own
-  size; the coarse quantizer is two-level (``dinoret.indexer.coarse``) past 8,192 lists.
+  ``nprobe`` lists, whose candidates are re-scored exactly from the stored vectors; the
+  coarse quantizer is two-level (``dinoret.indexer.coarse``) past 8,192 lists. Kept for
+  comparison: re-scoring gathers k+5 scattered rows per query, which costs more than
+  ``ivf``'s products.
 * ``faiss``: an IVF-Flat index (a float32 copy of every vector); kept for comparison.
 
 Vectors come as a :class:`~dinoret.retrieval.unit_vectors.UnitVectors` (float16 rows as
@@ -19,31 +26,47 @@ stored, normalised on the way out) or a plain array. A neighbour in an unprobed 
 be missed by the IVF engines: ``benchmarks/dedup_speed.py`` measures the recall of planted
 duplicate pairs.
 
-``method="auto"`` picks exact on a GPU, and on a CPU up to ``EXACT_MAX_CPU_PAIRS`` query x database pairs
-(where the blocked matmul stops being faster than Faiss: `benchmarks/dedup_speed.py --switch`),
-``ivfpq`` past that.
+``method="auto"`` picks exact on a GPU, and on a CPU up to ``EXACT_MAX_CPU_PAIRS`` query x
+database pairs (`benchmarks/dedup_speed.py --switch`), ``ivf`` past that. Nothing here
+imports torch unless a GPU is used: on a CPU, dedup loads no torch at all.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from dinoret.core.devices import resolve_device
+from dinoret.core.devices import device_type
 from dinoret.indexer.index_type import choose_nlist
 from dinoret.retrieval.unit_vectors import UnitVectors, as_unit
 
-# Above this many (query x database) pairs on a CPU, Faiss IVF is clearly faster than the
-# exact blocked matmul: on 2 cores they cross near 10k x 10k (1.7 s vs 1.4 s) and Faiss is
-# 1.8x faster at 20k (benchmarks/dedup_speed.py --switch). Below it exactness is
-# worth the small difference.
+if TYPE_CHECKING:
+    import torch
+
+# Up to this many (query x database) pairs on a CPU every pair is compared: exactness is worth
+# the small difference there. On 2 cores exact and ivf tie at 5k vectors (0.8 s), ivf is 1.3x
+# faster at 10k and 3.3x at 20k (benchmarks/dedup_speed.py --switch).
 EXACT_MAX_CPU_PAIRS = 12_000 * 12_000
-BLOCK_BYTES = 256 << 20  # score block kept in memory at once
+BLOCK_BYTES = 256 << 20  # score block kept in memory at once (GPU exact engine)
+CPU_BLOCK_BYTES = 32 << 20  # score block of the CPU engines: small next to a million float16 vectors
+CPU_DB_ROWS = 16_384  # database rows converted to float32 at once by the CPU engines
+# Edges held beyond k a query row before they are cut back to k a row (a low threshold).
+EDGE_SLACK = 1 << 20
 
 Edges = tuple[np.ndarray, np.ndarray, np.ndarray]  # src int64, dst int64, score float32
 
+# Lists each vector is compared within (its nearest centroids) by the ``ivf`` engine. On the
+# benchmark's clustered data (benchmarks/dedup_speed.py), 5,000 pairs at cosine 0.95-0.99 all
+# had each in the other's probed lists from 6 probes at 100k vectors (4 probes missed one) and
+# from 2 at 1M; the products' cost grows in proportion.
+IVF_NPROBE = 6
+FAISS_NPROBE = 16  # the Faiss engines' lists probed per query
+IVF_TRAIN_POINTS = 32  # sample rows per list for the k-means: a coarse partition needs few
+IVF_KMEANS_ITERATIONS = 10
 
 PQ_M = 48  # 4-bit sub-quantizers: 24 bytes a vector (384-d: 8 dimensions each)
 # PQ candidates re-scored beyond the k asked for, against PQ's ranking errors. Only the
@@ -51,13 +74,18 @@ PQ_M = 48  # 4-bit sub-quantizers: 24 bytes a vector (384-d: 8 dimensions each)
 # IP scores of IVF-PQ fast-scan come out compressed, e.g. 0.40 for a cosine of 1.0).
 # Re-scoring converts float16 rows, the costly part of the search, so the extra is small.
 PQ_EXTRA_CANDIDATES = 4
-METHODS = ("auto", "exact", "ivfpq", "faiss")
+METHODS = ("auto", "exact", "ivf", "ivfpq", "faiss")
 
 
-def choose_method(n_queries: int, n_db: int, device: torch.device) -> str:
-    if device.type == "cuda" or n_queries * n_db <= EXACT_MAX_CPU_PAIRS:
+def choose_method(n_queries: int, n_db: int, device: str | torch.device = "cpu") -> str:
+    if device_type(device) == "cuda" or n_queries * n_db <= EXACT_MAX_CPU_PAIRS:
         return "exact"
-    return "ivfpq"
+    return "ivf"
+
+
+def default_nprobe(method: str) -> int | None:
+    """Lists probed per vector when the caller gives no ``nprobe`` (None: the engine probes none)."""
+    return {"ivf": IVF_NPROBE, "ivfpq": FAISS_NPROBE, "faiss": FAISS_NPROBE}.get(method)
 
 
 def knn_edges(
@@ -67,7 +95,7 @@ def knn_edges(
     y: np.ndarray | None = None,
     method: str = "auto",
     device: str | torch.device = "auto",
-    nprobe: int = 16,
+    nprobe: int | None = None,
     progress: bool = False,
 ) -> Edges:
     """Edges (i, j, cosine) from each row ``i`` of ``x`` to its ``k`` nearest rows ``j`` of ``y``
@@ -75,7 +103,8 @@ def knn_edges(
 
     With ``y=None`` the graph is over ``x`` itself: a vector is never its own neighbour and
     each undirected pair appears once, as ``i < j``. ``x``/``y``: ``UnitVectors`` or arrays
-    (float16 or float32), normalised here.
+    (float16 or float32), normalised here. ``nprobe``: lists probed by the IVF engines
+    (default ``default_nprobe(method)``).
     """
     x = as_unit(x)
     self_graph = y is None
@@ -83,17 +112,22 @@ def knn_edges(
     k = min(k, len(y) - (1 if self_graph else 0))
     if len(x) == 0 or k <= 0:
         return _empty()
-    dev = resolve_device(device)
+    kind = device_type(device)
     if method == "auto":
-        method = choose_method(len(x), len(y), dev)
-    if method == "exact":
-        src, dst, score = _exact(x, y, k, threshold, self_graph, dev, progress)
+        method = choose_method(len(x), len(y), kind)
+    if method not in METHODS[1:]:
+        raise ValueError(f"unknown kNN method {method!r}: use {', '.join(METHODS)}")
+    nprobe = default_nprobe(method) if nprobe is None else nprobe
+    if method == "exact" and kind == "cuda":
+        src, dst, score = _exact_torch(x, y, k, threshold, self_graph, device, progress)
+    elif method == "exact":
+        src, dst, score = _ivf(x, y, k, threshold, self_graph, nlist=1, nprobe=1, progress=progress)
+    elif method == "ivf":
+        src, dst, score = _ivf(x, y, k, threshold, self_graph, ivf_lists(len(y)), nprobe, progress)
     elif method == "ivfpq":
         src, dst, score = _ivfpq(x, y, k, threshold, self_graph, nprobe, progress)
-    elif method == "faiss":
-        src, dst, score = _faiss(x.block(), y.block(), k, threshold, self_graph, nprobe, progress)
     else:
-        raise ValueError(f"unknown kNN method {method!r}: use {', '.join(METHODS)}")
+        src, dst, score = _faiss(x.block(), y.block(), k, threshold, self_graph, nprobe, progress)
     if self_graph:
         src, dst, score = _undirected(src, dst, score, len(x))
     return src, dst, score
@@ -115,8 +149,145 @@ def _concat(parts: list[Edges]) -> Edges:
     return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
-def _on_device(v: UnitVectors, device: torch.device) -> torch.Tensor:
+def _top_k_per_source(src: np.ndarray, dst: np.ndarray, score: np.ndarray, k: int) -> Edges:
+    """The ``k`` best edges of every source (ties broken by the lower destination)."""
+    order = np.lexsort((dst, -score, src))
+    src, dst, score = src[order], dst[order], score[order]
+    start = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    place = np.arange(len(src)) - np.repeat(start, np.diff(np.r_[start, len(src)]))
+    keep = place < k
+    return src[keep], dst[keep], score[keep]
+
+
+def ivf_lists(n: int) -> int:
+    """Lists of the ``ivf`` engine: about sqrt(n), as for PQ. The products' total cost,
+    n x nprobe x n / lists, and the centroid search's, n x lists, would balance at a few
+    more lists, but smaller lists make smaller products that BLAS runs less well (2 cores:
+    74 GFLOP per CPU-second on 2,900 x 488 products, 27 on 1,170 x 195)."""
+    return pq_lists(n)
+
+
+def _ivf(x: UnitVectors, y: UnitVectors, k: int, threshold: float, self_graph: bool, nlist: int, nprobe: int,
+         progress: bool) -> Edges:
+    """Exact kNN edges of every row of ``x`` among the rows of ``y`` in its ``nprobe`` nearest
+    lists (``nlist=1``: all of ``y``, i.e. the exact engine on a CPU)."""
+    nlist = max(1, min(nlist, len(y)))
+    nprobe = max(1, min(nprobe, nlist))
+    if nlist == 1:
+        members, member_bounds = np.arange(len(y)), np.array([0, len(y)])
+        probers, prober_bounds = np.arange(len(x)), np.array([0, len(x)])
+    else:
+        lists, probes = _assign(x, y, nlist, nprobe, self_graph, progress)
+        members, member_bounds = _by_list(lists, nlist)
+        del lists
+        probers, prober_bounds = _by_list(probes.ravel(), nlist)
+        del probes
+        probers = (probers // nprobe).astype(np.int32 if len(x) < 2**31 else np.int64)  # flat position -> row of x
+
+    def products():
+        """(query rows, database rows) of every matrix product, ascending rows in each."""
+        for lst in range(nlist):
+            db = members[member_bounds[lst] : member_bounds[lst + 1]]
+            qs = probers[prober_bounds[lst] : prober_bounds[lst + 1]]
+            for d0 in range(0, len(db) if len(qs) else 0, CPU_DB_ROWS):
+                dbb = db[d0 : d0 + CPU_DB_ROWS]
+                step = max(1, CPU_BLOCK_BYTES // (4 * len(dbb)))
+                for q0 in range(0, len(qs), step):
+                    yield qs[q0 : q0 + step], dbb
+
+    last_db: list = [None, None]
+
+    def load(item):  # gathering and converting rows: done one product ahead, in a second thread
+        qb, dbb = item
+        if last_db[0] is not dbb:  # the database block of several query blocks is converted once
+            last_db[:] = [dbb, _unit_rows(y, dbb)]
+        return qb, dbb, _unit_rows(x, qb), last_db[1]
+
+    total = sum(1 for _ in products())
+    parts: list[Edges] = []
+    held = 0
+    bar = tqdm(total=total, desc=f"kNN ({'exact' if nlist == 1 else 'ivf'})", unit="product", disable=not progress)
+    for qb, dbb, qv, dv in _prefetched(products(), load):
+        bar.update()
+        sims = qv @ dv.T
+        if self_graph:  # a vector is not its own neighbour
+            at = np.minimum(np.searchsorted(dbb, qb), len(dbb) - 1)
+            own = dbb[at] == qb
+            sims[np.flatnonzero(own), at[own]] = -np.inf
+        hit = np.flatnonzero(sims.max(axis=1) >= threshold)
+        if len(hit) == 0:  # the usual case at a dedup threshold
+            continue
+        sub = sims[hit]
+        r, c = np.nonzero(sub >= threshold)
+        edges = qb[hit[r]].astype(np.int64), dbb[c].astype(np.int64), sub[r, c]
+        if np.bincount(r).max() > k:
+            edges = _top_k_per_source(*edges, k)
+        parts.append(edges)
+        held += len(edges[0])
+        if held > k * len(x) + EDGE_SLACK:  # a low threshold: keep memory near k edges a row
+            parts = [_top_k_per_source(*_concat(parts), k)]
+            held = len(parts[0][0])
+    bar.close()
+    src, dst, score = _concat(parts)
+    return _top_k_per_source(src, dst, score, k) if len(parts) > 1 else (src, dst, score)
+
+
+def _unit_rows(v: UnitVectors, rows: np.ndarray) -> np.ndarray:
+    """float32 unit rows ``rows`` (ascending) of ``v``: a slice when they are consecutive."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return v.block(int(rows[0]), int(rows[-1]) + 1)
+    return v.rows(rows)
+
+
+def _prefetched(items: Iterator, load: Callable):
+    """``load(item)`` of every item, the next one computed in a second thread while the caller
+    works on the current one (numpy lets go of the GIL while it gathers and converts rows,
+    so this overlaps with the caller's BLAS products and single-threaded numpy passes)."""
+    with ThreadPoolExecutor(1) as pool:
+        it = iter(items)
+        item = next(it, None)
+        pending = None if item is None else pool.submit(load, item)
+        while pending is not None:
+            done = pending.result()
+            item = next(it, None)
+            pending = None if item is None else pool.submit(load, item)
+            yield done
+
+
+def _assign(x: UnitVectors, y: UnitVectors, nlist: int, nprobe: int, self_graph: bool,
+            progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(list of every row of ``y``, the ``nprobe`` nearest lists of every row of ``x``)."""
+    import faiss
+
+    from dinoret.indexer.coarse import spherical_centroids
+
+    rng = np.random.default_rng(0)
+    sample = y.rows(np.sort(rng.choice(len(y), min(len(y), IVF_TRAIN_POINTS * nlist), replace=False)))
+    quantizer = faiss.IndexFlatIP(y.dim)
+    quantizer.add(spherical_centroids(sample, nlist, seed=0, niter=IVF_KMEANS_ITERATIONS))
+    del sample
+
+    def nearest(v: UnitVectors, p: int, what: str) -> np.ndarray:
+        out = np.empty((len(v), p), np.int32)
+        for s in tqdm(range(0, len(v), 16_384), desc=f"kNN (ivf) {what}", unit="batch", disable=not progress):
+            out[s : s + 16_384] = quantizer.search(v.block(s, s + 16_384), p)[1]
+        return out
+
+    probes = nearest(x, nprobe, "lists")
+    lists = probes[:, 0].copy() if self_graph else nearest(y, 1, "lists of the other set")[:, 0]
+    return lists, probes
+
+
+def _by_list(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions sorted by list, ascending within a list; where each list starts)."""
+    order = np.argsort(lists, kind="stable")
+    return order, np.searchsorted(lists[order], np.arange(nlist + 1))
+
+
+def _on_device(v: UnitVectors, device) -> "torch.Tensor":
     """float32 unit rows on ``device``, moved as stored (float16) and normalised there."""
+    import torch
+
     parts = []
     for s in range(0, len(v), 262_144):
         raw = torch.from_numpy(np.ascontiguousarray(v.raw[s : s + 262_144])).to(device)
@@ -124,19 +295,24 @@ def _on_device(v: UnitVectors, device: torch.device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros((0, v.dim), device=device)
 
 
-@torch.inference_mode()
-def _exact(x: UnitVectors, y: UnitVectors, k, threshold, self_graph, device, progress) -> Edges:
-    yt = _on_device(y, device)
-    rows = max(1, min(8192, BLOCK_BYTES // (4 * len(y))))
-    parts = []
-    for start in tqdm(range(0, len(x), rows), desc="kNN (exact)", unit="block", disable=not progress):
-        xb = torch.from_numpy(x.block(start, start + rows)).to(device)
-        sims = xb @ yt.T
-        if self_graph:
-            idx = torch.arange(len(xb), device=device)
-            sims[idx, idx + start] = -math.inf
-        top, nbr = sims.topk(k, dim=1)
-        parts.append(_keep(top.cpu().numpy(), nbr.cpu().numpy(), start, threshold))
+def _exact_torch(x: UnitVectors, y: UnitVectors, k, threshold, self_graph, device, progress) -> Edges:
+    import torch
+
+    from dinoret.core.devices import resolve_device
+
+    device = resolve_device(device)
+    with torch.inference_mode():
+        yt = _on_device(y, device)
+        rows = max(1, min(8192, BLOCK_BYTES // (4 * len(y))))
+        parts = []
+        for start in tqdm(range(0, len(x), rows), desc="kNN (exact)", unit="block", disable=not progress):
+            xb = torch.from_numpy(x.block(start, start + rows)).to(device)
+            sims = xb @ yt.T
+            if self_graph:
+                idx = torch.arange(len(xb), device=device)
+                sims[idx, idx + start] = -math.inf
+            top, nbr = sims.topk(k, dim=1)
+            parts.append(_keep(top.cpu().numpy(), nbr.cpu().numpy(), start, threshold))
     return _concat(parts)
 
 

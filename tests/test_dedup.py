@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,20 @@ def test_the_tiny_model_separates_copies_from_unrelated_photos(collection):
     unrelated = [row[n] for n in ("a.jpg", "b.png", "c.jpg", "u4.jpg", "u5.jpg", "u6.jpg", "u7.jpg")]
     sub = sims[np.ix_(unrelated, unrelated)]
     assert sub[~np.eye(len(unrelated), dtype=bool)].max() < THRESHOLD - 0.002
+
+
+def test_dedup_on_a_cpu_imports_no_torch(own_collection):
+    """Grouping stored vectors needs no model: the command never imports torch (about 0.5 GiB
+    resident, a third of the whole budget of a million-vector dedup)."""
+    photos, idx = own_collection
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
+            "sys.argv = ['dinoret', 'dedup', '--index', sys.argv[1], '-q', '--device', 'cpu', '--threshold', sys.argv[2]]; "
+            "runpy.run_module('dinoret', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code, str(idx), str(THRESHOLD)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "3 groups, 3 duplicates" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "torch loaded: False"
 
 
 def test_exact_and_near_duplicates_found_unrelated_photos_not_grouped(collection):

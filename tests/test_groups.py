@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from dinoret.retrieval.groups import (UnionFind, components, find_groups, keeper_rank, labels_from_keys,
-                              star_split)
+from dinoret.retrieval.groups import (UnionFind, components, find_groups, first_match, keeper_rank, key_digests,
+                                      labels_from_keys, star_split)
 
 
 def unit(v):
@@ -95,3 +95,59 @@ def test_find_groups_without_split_merges_the_chain():
     merged = find_groups(vecs, 0.8, k=2, split=False, device="cpu")
     assert [g.rows.tolist() for g in split] == [[0, 1]]
     assert [g.rows.tolist() for g in merged] == [[0, 1, 2]]
+
+
+def test_union_find_many_pairs_match_a_graph_search():
+    """The array-at-once unions give the connected components of the pairs."""
+    rng = np.random.default_rng(7)
+    n = 500
+    src, dst = rng.integers(0, n, 400), rng.integers(0, n, 400)
+    uf = UnionFind(n)
+    uf.union_pairs(src[:200], dst[:200])
+    uf.union(int(src[200]), int(dst[200]))
+    uf.union_pairs(src[201:], dst[201:])
+    labels = uf.labels()
+    adj = {i: set() for i in range(n)}
+    for a, b in zip(src.tolist(), dst.tolist()):
+        adj[a].add(b)
+        adj[b].add(a)
+    seen: dict[int, int] = {}
+    for start in range(n):
+        if start in seen:
+            continue
+        stack = [start]
+        seen[start] = start
+        while stack:
+            for j in adj[stack.pop()]:
+                if j not in seen:
+                    seen[j] = start
+                    stack.append(j)
+    for a in range(n):
+        for b in (0, a // 2, n - 1):
+            assert (labels[a] == labels[b]) == (seen[a] == seen[b])
+    assert all(uf.find(a) == labels[a] for a in range(n))
+
+
+def test_first_match_and_digest_labels():
+    table = key_digests(["x", None, "y", "x"])
+    keys = key_digests(["y", "x", None, "z", ""])
+    assert first_match(keys, table).tolist() == [2, 0, -1, -1, -1]
+    assert first_match(keys, key_digests([])).tolist() == [-1] * 5
+    # digests in, same labels as strings in
+    content = ["a", "b", "a", None, "c"]
+    pixels = [None, "p", None, "p", "q"]
+    assert labels_from_keys(5, key_digests(content), key_digests(pixels)).tolist() == \
+        labels_from_keys(5, content, pixels).tolist()
+
+
+def test_find_groups_reads_ranks_for_grouped_rows_only():
+    x, truth = planted(n=200, pairs=5)
+    asked = []
+
+    def rank(rows):
+        asked.append(rows.copy())
+        return -rows  # later rows preferred
+
+    groups = find_groups(x, threshold=0.8, k=5, rank=rank, device="cpu")
+    assert len(asked) == 1 and set(asked[0].tolist()) == {r for pair in truth for r in pair}
+    assert [g.rows.tolist() for g in groups] == [[200 + i, i] for i in range(4, -1, -1)]

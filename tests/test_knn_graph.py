@@ -21,7 +21,7 @@ def brute_pairs(x, k, threshold):
     return pairs
 
 
-@pytest.mark.parametrize("method", ["exact", "faiss", "ivfpq", "ivfpq-two-level"])
+@pytest.mark.parametrize("method", ["exact", "ivf", "faiss", "ivfpq", "ivfpq-two-level"])
 def test_self_graph_matches_brute_force(method, monkeypatch):
     if method == "ivfpq-two-level":  # the nested quantizer of very large sets, on a small one
         import dinoret.indexer.coarse as coarse
@@ -41,15 +41,47 @@ def test_self_graph_matches_brute_force(method, monkeypatch):
     np.testing.assert_allclose(score, np.einsum("ij,ij->i", x[src], x[dst]), atol=1e-5)
 
 
-def test_block_boundaries_and_self_exclusion(monkeypatch):
+@pytest.mark.parametrize("db_rows", [50, 16])
+def test_block_boundaries_and_self_exclusion(monkeypatch, db_rows):
     import dinoret.retrieval.knn_graph as kg
 
-    monkeypatch.setattr(kg, "BLOCK_BYTES", 4 * 7 * 50)  # 7 rows per block over 50 vectors
+    monkeypatch.setattr(kg, "CPU_DB_ROWS", db_rows)  # 16: the database in 4 blocks, merged per query
+    monkeypatch.setattr(kg, "CPU_BLOCK_BYTES", 4 * 7 * db_rows)  # 7 query rows per block
     rng = np.random.default_rng(1)
     x = unit(rng, 50)
     src, dst, _ = knn_edges(x, k=3, threshold=-1.0, method="exact", device="cpu")
     assert not (src == dst).any()
     assert set(zip(src.tolist(), dst.tolist())) == brute_pairs(x, 3, -1.0)
+
+
+def test_ivf_low_threshold_keeps_k_per_row(monkeypatch):
+    """Every pair clears a threshold of -1: edges are cut back to k a row as they pile up."""
+    import dinoret.retrieval.knn_graph as kg
+
+    monkeypatch.setattr(kg, "EDGE_SLACK", 0)
+    x = unit(np.random.default_rng(5), 300)
+    src, dst, _ = knn_edges(x, k=4, threshold=-1.0, method="ivf", device="cpu", nprobe=100)
+    assert set(zip(src.tolist(), dst.tolist())) == brute_pairs(x, 4, -1.0)
+
+
+def test_ivf_finds_near_copies_probing_few_lists():
+    """Clustered data, more lists than probes: a near copy sits in its original's nearest lists."""
+    rng = np.random.default_rng(6)
+    centres = unit(rng, 40, d=64)
+    base = centres[rng.integers(0, 40, 2000)] + 0.15 * rng.standard_normal((2000, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    copies = base[:50] + 0.02 * rng.standard_normal((50, 64)).astype(np.float32)
+    x = np.concatenate([base, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    assert kg_lists(len(x)) > 8
+    src, dst, score = knn_edges(x, k=5, threshold=0.97, method="ivf", device="cpu", nprobe=4)
+    assert set(zip(src.tolist(), dst.tolist())) == brute_pairs(x, 5, 0.97)
+    np.testing.assert_allclose(score, np.einsum("ij,ij->i", x[src], x[dst]), atol=1e-5)
+
+
+def kg_lists(n):
+    from dinoret.retrieval.knn_graph import ivf_lists
+
+    return ivf_lists(n)
 
 
 def test_cross_graph_against_other_set():
@@ -73,11 +105,12 @@ def test_auto_prefers_exact_on_gpu_and_small_sets():
     import torch
 
     assert choose_method(1000, 1000, torch.device("cpu")) == "exact"
-    assert choose_method(10**6, 10**6, torch.device("cpu")) == "ivfpq"
+    assert choose_method(10**6, 10**6, torch.device("cpu")) == "ivf"
     assert choose_method(10**6, 10**6, torch.device("cuda")) == "exact"
+    assert choose_method(10**6, 10**6, "cpu") == "ivf"
 
 
-@pytest.mark.parametrize("method", ["exact", "ivfpq"])
+@pytest.mark.parametrize("method", ["exact", "ivf", "ivfpq"])
 def test_float16_as_stored_gives_the_exact_cosines(method):
     """Vectors read as stored (float16, not quite unit length) are normalised once and every
     edge score is the cosine of the two stored rows."""

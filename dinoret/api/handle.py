@@ -20,12 +20,12 @@ from dinoret.core.errors import NotFound, UserError
 from dinoret.indexer.layout import default_index_dir
 from dinoret.indexer.meta import Record
 from dinoret.retrieval.index import Hit, IndexReader, open_index
+from dinoret.retrieval.knn_graph import METHODS
 
 if TYPE_CHECKING:
     from dinoret.api.groups import Groups
     from dinoret.api.selection import Selection
 
-METHODS = ("auto", "exact", "ivfpq", "faiss")  # kNN engines of dinoret.retrieval.knn_graph
 
 
 class Index:
@@ -275,7 +275,7 @@ class Index:
         >>> idx.embed("query.jpg").shape == (1, idx.dim)
         True
         """
-        from dinoret.api.embedding import embed_with
+        from dinoret.api.embedding import embed_with  # torch: only when something is embedded
 
         return embed_with(self._query_embedder(), images, batch_size, progress)
 

@@ -79,9 +79,9 @@ def _move(groups, move_to: str, dry_run: bool, progress: bool) -> None:
               help="Which image of a group is kept: most pixels, earliest mtime, or first path.")
 @click.option("--split/--no-split", default=True, show_default=True,
               help="Split chained groups so that every member is itself similar to its keeper.")
-@click.option("--method", type=click.Choice(["auto", "exact", "ivfpq", "faiss"]), default="auto", show_default=True,
-              help="kNN engine: exact torch matmul, Faiss IVF-PQ with exact re-scoring (large sets on a CPU), "
-                   "Faiss IVF-Flat, or chosen from N and the device.")
+@click.option("--method", type=click.Choice(["auto", "exact", "ivf", "ivfpq", "faiss"]), default="auto", show_default=True,
+              help="kNN engine: every pair (exact), exact products within each vector's nearest IVF lists "
+                   "(ivf: large sets on a CPU), Faiss IVF-PQ or IVF-Flat, or chosen from N and the device.")
 @click.option("--move-to", type=click.Path(file_okay=False), help="Move non-keepers here (relative paths kept).")
 @click.option("--dry-run", is_flag=True, help="With --move-to: list what would move, move nothing.")
 @click.option("--allow-inside", is_flag=True,
