@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from dinoret.core.devices import device_type
 from dinoret.core.errors import UserError
 from dinoret.retrieval.clusterings import ClusteringRow, load_clustering
 from dinoret.retrieval.hierarchy import Hierarchy, build_hierarchy
 from dinoret.retrieval.kmeans import ONE, KMeansParams, Shard, assign
 from dinoret.retrieval.vector_rows import StoreRows
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cluster_index(reader, levels: list[int], resample: list[int], params: KMeansParams, seed: int = 0,
@@ -31,7 +36,7 @@ def cluster_index(reader, levels: list[int], resample: list[int], params: KMeans
     h.params = {
         "levels": list(levels), "resample": list(resample), "resample_points": params.resample_points,
         "resample_strategy": params.resample_strategy, "iters": params.iters, "seed": seed,
-        "device": params.device.type, "processes": shard.world,
+        "device": device_type(params.device), "processes": shard.world,
     }
     return h, time.perf_counter() - t0
 
@@ -52,8 +57,7 @@ def update_clustering(reader, h: Hierarchy, device: torch.device | str = "cpu") 
         h = h.subset(known)
     new = live[~np.isin(live, h.ids, assume_unique=True)]
     if len(new):
-        dev = torch.device(device) if isinstance(device, str) else device
-        labels, sims = assign(StoreRows(reader.store, new), h.centroids[0], dev)
+        labels, sims = assign(StoreRows(reader.store, new), h.centroids[0], device)
         ids = np.concatenate([h.ids, new])
         order = np.argsort(ids, kind="stable")
         h = Hierarchy(ids[order], np.concatenate([h.labels, labels])[order], np.concatenate([h.sims, sims])[order],

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from dinoret.core.errors import UserError
 from dinoret.retrieval.curate_clusters import members_by_cluster
@@ -120,7 +119,7 @@ def cluster_retrieval(reader, h: Hierarchy, seeds: Seeds, min_hits: int = 3, per
         raise UserError(f"the level must be from 1 to {h.depth} (the clustering's levels)", param="level")
     if min_hits < 1 or per_cluster < 1:
         raise UserError("the minimum hits and the images per cluster must be at least 1", param=("min_hits", "per_cluster"))
-    leaf, _ = assign(ArrayRows(seeds.vectors), h.centroids[0], torch.device("cpu"))  # a few seeds: the CPU will do
+    leaf, _ = assign(ArrayRows(seeds.vectors), h.centroids[0], "cpu")  # a few seeds: the CPU will do
     seed_cluster = h.cluster_of(level, leaf)
     counts = np.bincount(seed_cluster, minlength=h.levels[level - 1])
     chosen_clusters = np.flatnonzero(counts >= min_hits)

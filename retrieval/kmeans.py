@@ -44,16 +44,27 @@ their mass alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-import torch
+import sys
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from dinoret.core.devices import device_type, resolve_device
 from dinoret.core.distributed import all_gather_object, all_reduce_sum_
 from dinoret.core.errors import UserError
 from dinoret.retrieval.vector_rows import ArrayRows, Rows
+
+if TYPE_CHECKING:
+    import torch
+
+# A device is a torch.device or a name ("cpu", "cuda", "auto"). torch is imported only for a
+# GPU or for collectives: one CPU process clusters with Faiss and numpy alone, without the
+# 0.5 GiB torch keeps resident.
 
 BLOCK = 16384  # rows converted to float32 and searched at once (25 MB at 384-d)
 # Above this many row x centroid products (4M: 4,000 rows x 1,000 clusters) a CPU level is
@@ -108,7 +119,7 @@ class KMeansParams:
     # 1,575, 1,611, 1,602, 1,606 and 1,556 of 2,000 components: 3 to 10 alike.
     resample_points: int = 10
     resample_strategy: str = "closest"  # closest | random
-    device: torch.device = torch.device("cpu")
+    device: torch.device | str = "cpu"
 
 
 @dataclass
@@ -127,30 +138,46 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+@functools.cache
+def _blas_pools():
+    """numpy's BLAS thread pool (made once: finding the loaded libraries takes 0.5 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Run small products on one thread: below a few milliseconds of work, waking a second
-    OpenMP/BLAS thread costs more than it saves (10x more on a busy 2-core machine)."""
+    OpenMP/BLAS thread costs more than it saves (10x more on a busy 2-core machine; greedy
+    seeding's 65,536 x 384 x 11 products: 22 ms on one thread, 33 ms on two, at load 2)."""
     import faiss
 
-    before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")  # its thread pool matters only once something imported it
+    before = torch.get_num_threads() if torch else None, faiss.omp_get_max_threads()
+    if torch:
+        torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     try:
-        yield
+        with _blas_pools().limit(limits=1, user_api="blas"):
+            yield
     finally:
-        torch.set_num_threads(before[0])
+        if torch:
+            torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
 
 
 class _Nearest:
     """Exact nearest centroid by inner product: Faiss on a CPU, a torch matmul on a GPU."""
 
-    def __init__(self, centroids: np.ndarray, device: torch.device) -> None:
+    def __init__(self, centroids: np.ndarray, device: torch.device | str) -> None:
         c = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.device = device
-        if device.type == "cuda":
-            self.c = torch.from_numpy(c).to(device)
+        self.cuda = device_type(device) == "cuda"
+        if self.cuda:
+            import torch
+
+            self.device = resolve_device(device)
+            self.c = torch.from_numpy(c).to(self.device)
             self.rows = max(1, GPU_SCORE_BYTES // (4 * len(c)))
         else:
             import faiss
@@ -160,7 +187,7 @@ class _Nearest:
 
     def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inner product, index) of the nearest centroid of each row of ``x``; ties go to the lower index."""
-        if self.device.type != "cuda":
+        if not self.cuda:
             x = np.ascontiguousarray(x)
             if len(x) * self.index.ntotal * x.shape[1] < SMALL_WORK:
                 with _one_thread():
@@ -168,6 +195,8 @@ class _Nearest:
             else:
                 ip, idx = self.index.search(x, 1)
             return ip[:, 0], idx[:, 0].astype(np.int32)
+        import torch
+
         xt = torch.from_numpy(x).to(self.device)
         ips, idxs = [], []
         for s in range(0, len(xt), self.rows):
@@ -192,17 +221,23 @@ class _Sums:
     """Per-cluster float64 sums and counts of rows (exact for float16-exact rows, so any
     order of additions gives the same bits): numpy on a CPU, torch on a GPU."""
 
-    def __init__(self, k: int, d: int, device: torch.device) -> None:
-        self.device, self.k = device, k
-        if device.type == "cuda":
-            self.sums = torch.zeros((k, d), dtype=torch.float64, device=device)
-            self.counts = torch.zeros(k, dtype=torch.int64, device=device)
+    def __init__(self, k: int, d: int, device: torch.device | str) -> None:
+        self.k = k
+        self.cuda = device_type(device) == "cuda"
+        if self.cuda:
+            import torch
+
+            self.device = resolve_device(device)
+            self.sums = torch.zeros((k, d), dtype=torch.float64, device=self.device)
+            self.counts = torch.zeros(k, dtype=torch.int64, device=self.device)
         else:
             self.sums = np.zeros((k, d), np.float64)
             self.counts = np.zeros(k, np.int64)
 
     def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        if self.device.type == "cuda":
+        if self.cuda:
+            import torch
+
             li = torch.from_numpy(labels.astype(np.int64)).to(self.device)
             self.sums.index_add_(0, li, torch.from_numpy(x).to(self.device, torch.float64))
             self.counts += torch.bincount(li, minlength=self.k)
@@ -215,17 +250,18 @@ class _Sums:
 
     def reduced(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         """The sums and counts over every rank."""
-        if self.device.type == "cuda":
-            sums, counts = self.sums, self.counts
-        else:
-            sums, counts = torch.from_numpy(self.sums), torch.from_numpy(self.counts)
+        if not self.cuda and shard.world == 1:
+            return self.sums, self.counts
+        import torch
+
+        sums, counts = (self.sums, self.counts) if self.cuda else (torch.from_numpy(self.sums), torch.from_numpy(self.counts))
         if shard.world > 1:
             all_reduce_sum_(sums)
             all_reduce_sum_(counts)
         return sums.cpu().numpy(), counts.cpu().numpy()
 
 
-def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard, accumulate: bool, tick: Tick,
+def _pass(rows: Rows, centroids: np.ndarray, device: torch.device | str, shard: Shard, accumulate: bool, tick: Tick,
           cells: tuple[np.ndarray, np.ndarray] | None = None):
     """One pass over this shard's blocks: nearest centroid and cosine of every row (gathered
     over ranks) and, with ``accumulate``, the per-cluster float64 sums and counts (all-reduced)."""
@@ -249,7 +285,7 @@ def _pass(rows: Rows, centroids: np.ndarray, device: torch.device, shard: Shard,
 class _CellNearest:
     """Nearest centroid within the nearest cell (the assignment of a two-stage clustering)."""
 
-    def __init__(self, centroids: np.ndarray, cells: tuple[np.ndarray, np.ndarray], device: torch.device) -> None:
+    def __init__(self, centroids: np.ndarray, cells: tuple[np.ndarray, np.ndarray], device: torch.device | str) -> None:
         centres, cell_of = cells
         self.coarse = _Nearest(centres, device)
         self.members = [np.flatnonzero(cell_of == c).astype(np.int32) for c in range(len(centres))]
@@ -266,7 +302,7 @@ class _CellNearest:
         return ip, lab
 
 
-def assign(rows: Rows, res: "KMeansResult | np.ndarray", device: torch.device, shard: Shard = ONE,
+def assign(rows: Rows, res: "KMeansResult | np.ndarray", device: torch.device | str, shard: Shard = ONE,
            tick: Tick = _no_tick) -> tuple[np.ndarray, np.ndarray]:
     """(centroid, cosine to it) of every row: the nearest centroid, or for a two-stage
     result still in training the nearest centroid of the nearest cell."""
@@ -298,7 +334,7 @@ def _centroids(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray, rng: 
     return c
 
 
-def lloyd(rows: Rows, centroids: np.ndarray, iters: int, device: torch.device, shard: Shard,
+def lloyd(rows: Rows, centroids: np.ndarray, iters: int, device: torch.device | str, shard: Shard,
           rng: np.random.Generator, tick: Tick = _no_tick) -> KMeansResult:
     """Lloyd iterations from ``centroids``; stops early when no label changes. The labels
     returned are those of the returned centroids."""
@@ -331,15 +367,13 @@ def _greedy_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     trials = 2 + int(math.log(k))
     chosen = [int(rng.integers(m))]
     best = x @ x[chosen[0]]
-    xt = torch.from_numpy(x)
     with _one_thread():  # thousands of thin products (rows x a few candidates)
         for _ in range(k - 1):
-            best = _greedy_step(x, xt, best, chosen, trials, rng)
+            best = _greedy_step(x, best, chosen, trials, rng)
     return np.asarray(chosen)
 
 
-def _greedy_step(x: np.ndarray, xt: torch.Tensor, best: np.ndarray, chosen: list, trials: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _greedy_step(x: np.ndarray, best: np.ndarray, chosen: list, trials: int, rng: np.random.Generator) -> np.ndarray:
     """One centre of greedy k-means++ (appended to ``chosen``); returns the new best cosines."""
     m = len(x)
     w = np.maximum(1.0 - best, 0.0).astype(np.float64) ** SEED_POWER
@@ -350,13 +384,13 @@ def _greedy_step(x: np.ndarray, xt: torch.Tensor, best: np.ndarray, chosen: list
         w[chosen] = 0.0
         total = w.sum()
     cands = np.minimum(np.searchsorted(np.cumsum(w), rng.random(trials) * total, side="right"), m - 1)
-    cand_best = np.maximum(best[:, None], (xt @ xt[torch.from_numpy(cands)].T).numpy())
+    cand_best = np.maximum(best[:, None], x @ x[cands].T)
     j = int(np.argmin((1.0 - cand_best).sum(axis=0)))
     chosen.append(int(cands[j]))
     return cand_best[:, j]
 
 
-def _doubling_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device, shard: Shard,
+def _doubling_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device | str, shard: Shard,
                        tick: Tick) -> np.ndarray:
     """k-means++ in rounds that double the number of centres (each round samples as many new
     centres as there are, by D⁴): about one Lloyd pass in all, for k too large to seed one by one."""
@@ -379,7 +413,7 @@ def _doubling_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: tor
         new = _unit(rows.fetch(pick))
 
 
-def seed_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device, shard: Shard = ONE,
+def seed_plusplus(rows: Rows, k: int, rng: np.random.Generator, device: torch.device | str, shard: Shard = ONE,
                   tick: Tick = _no_tick) -> np.ndarray:
     """k initial centres (unit vectors) by k-means++ seeding.
 
@@ -488,7 +522,7 @@ def _cluster(rows: Rows, k: int, params: KMeansParams, seed: tuple, shard: Shard
         trained = _cluster(ArrayRows(rows.fetch(sample), rows.exact_sums), k, params, (*seed, 1), ONE, tick)
         labels, sims = assign(rows, trained, params.device, shard, tick)
         return KMeansResult(trained.centroids, labels, sims, trained.cells)
-    if params.device.type != "cuda" and k >= 16 and rows.n * k > TWO_STAGE_WORK:
+    if device_type(params.device) != "cuda" and k >= 16 and rows.n * k > TWO_STAGE_WORK:
         return _two_stage(rows, k, params, seed, shard, tick)
     return lloyd(rows, seed_plusplus(rows, k, rng, params.device, shard, tick), params.iters, params.device, shard,
                  rng, tick)

@@ -6,6 +6,9 @@ expected cluster is known.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -217,6 +220,23 @@ def test_bad_input_is_one_line(tail_index, tmp_path) -> None:
     assert r.exit_code == 2 and "--recluster" in r.output
     r = _cli("clusters", "--index", tmp_path / "nothing", "--clusters", "4")
     assert r.exit_code == 2 and "no index" in r.output
+
+
+def test_clusters_and_sample_on_a_cpu_import_no_torch(tail_index, tmp_path) -> None:
+    """k-means of stored vectors needs no model: one CPU process never imports torch, whose
+    0.5 GiB resident would be a quarter of a million-vector clustering's 2 GB budget."""
+    idx, truth = tail_index
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
+            "sys.argv = ['dinoret', 'curate', *sys.argv[1:]]; runpy.run_module('dinoret', run_name='__main__')")
+    for args in (["clusters", "--index", idx, "--clusters", "8,3", "--resample", "1", "-q", "--device", "cpu"],
+                 ["sample", "--index", idx, "--target", "30", "--out", tmp_path / "s.txt", "-q"]):
+        out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "torch loaded: False", out.stdout
+    h, _ = load_clustering(open_index(idx).engine, idx)
+    assert _same_partition(h.labels, truth) and h.params["device"] == "cpu"
+    assert len((tmp_path / "s.txt").read_text().splitlines()) == 30
 
 
 def test_empty_index_is_a_user_error(tmp_path) -> None:

@@ -56,7 +56,7 @@ def clusters(index: Index, clusters=None, resample=0, resample_points: int = 10,
         raise UserError(f"the index {index.root} is open read-only: dinoret.open(..., writable=True) to store "
                         "a clustering in it")
     reader = index.reader
-    ctx = distributed.setup(index.device)
+    ctx = distributed.setup_for_arrays(index.device)
     try:
         main = ctx.is_main
         existing = load_clustering(reader.engine, reader.root) if not recluster else None
@@ -111,7 +111,6 @@ def _exclusion(index: Index, h, exclude, threshold: float | None, progress: bool
 def sample(index: Index, target: int, strategy: str = "random", seed: int = 0, exclude=None,
            exclude_threshold: float | None = None, progress: bool = True) -> Selection:
     """:meth:`dinoret.Index.curate_sample` (see there)."""
-    from dinoret.core.devices import resolve_device
     from dinoret.retrieval.curate_clusters import index_clustering
     from dinoret.retrieval.sampling import balanced_sample
     from dinoret.retrieval.selection_files import selected_from_sample
@@ -119,7 +118,7 @@ def sample(index: Index, target: int, strategy: str = "random", seed: int = 0, e
     check_arg("target", target, at_least=1)
     check_arg("strategy", strategy, STRATEGIES)
     reader = index.reader
-    h, row, notes = index_clustering(reader, device=resolve_device(index.device))
+    h, row, notes = index_clustering(reader, device=index.device)
     eligible, dropped = _exclusion(index, h, exclude, exclude_threshold, progress)
     positions = balanced_sample(h, target, strategy, seed, eligible)
     rows = selected_from_sample(reader, h, positions)
@@ -135,7 +134,6 @@ def retrieve(index: Index, seeds, mode: str = "sample", k: int = 4, min_hits: in
              level: int = 1, strategy: str = "random", seed: int = 0, exclude=None,
              exclude_threshold: float | None = None, progress: bool = True) -> Selection:
     """:meth:`dinoret.Index.curate_retrieve` (see there)."""
-    from dinoret.core.devices import resolve_device
     from dinoret.retrieval.clusterings import load_clustering
     from dinoret.retrieval.curate_clusters import index_clustering
     from dinoret.retrieval.curate_retrieve import cluster_retrieval, load_seeds, sample_retrieval, selection_rows
@@ -150,7 +148,7 @@ def retrieve(index: Index, seeds, mode: str = "sample", k: int = 4, min_hits: in
         raise UserError(f"the index at {reader.root} has no images")
     h, notes = None, []
     if mode == "cluster" or load_clustering(reader.engine, reader.root) is not None:
-        h, _, notes = index_clustering(reader, device=resolve_device(index.device))
+        h, _, notes = index_clustering(reader, device=index.device)
     seed_set = load_seeds(reader, _source(seeds), device=index.device,
                           weights=index.weights, progress=progress)
     eligible, dropped = _exclusion(index, h, exclude, exclude_threshold, progress)
