@@ -3,9 +3,12 @@
     python benchmarks/index_scale.py --sizes 100000 1000000 --threads 2
     nice python benchmarks/index_scale.py --sizes 10000000 --workdir /var/tmp/scale --keep --nprobes 64 128
     python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --nprobes 32 64
+    python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --resync
 
 ``--nprobes`` measures the re-ranked search again at other probe counts (the index's own
-is always measured); ``--reuse`` measures the queries of an index kept by ``--keep``.
+is always measured); ``--reuse`` measures the queries of an index kept by ``--keep``, and
+``--resync`` first brings its shards up to date as ``dinoret index`` would (a rebuild from
+the stored vectors when the index layout changed), timed.
 
 The vectors are synthetic, 384-d (ViT-S/14 size), L2-normalised, drawn from a mixture of
 Gaussians on the sphere (clusters of varied width around random centres), not uniform
@@ -149,7 +152,7 @@ def measure(paths: IndexPaths, mix: Mixture, out: dict, args) -> dict:
     log("loading the shards in a fresh process")
     out["index_ram_bytes"], out["reader_rss_bytes"], out["reader_peak_rss_bytes"] = shard_ram(paths.root)
     reader = open_index(paths.root)
-    spec, _ = reader._shards()
+    spec = reader._shards()[0]
     out.update(factory=spec["factory"], nprobe=spec.get("nprobe"), shards=len(reader.shard_sizes()),
                disk_bytes=disk_usage(paths.root), shard_bytes=disk_usage(paths.shards),
                vector_bytes=disk_usage(paths.vectors))
@@ -174,6 +177,19 @@ def measure(paths: IndexPaths, mix: Mixture, out: dict, args) -> dict:
             log(f"nprobe {nprobe}: p50 {out['sweep'][-1][1]:.2f} ms p99 {out['sweep'][-1][2]:.2f} ms "
                 f"recall@10 {out['sweep'][-1][3]:.3f}")
     return out
+
+
+def resync(paths: IndexPaths, args) -> float:
+    engine = open_catalog(paths.catalog)
+    meta = MetaStore(paths.meta, readonly=False)
+    log("syncing the shards")
+    t = time.perf_counter()
+    sync_shards(paths, engine, meta, args.dim, forced=args.index_type, show_progress=True)
+    seconds = time.perf_counter() - t
+    meta.close()
+    engine.dispose()
+    log(f"train/add {seconds:.1f} s")
+    return seconds
 
 
 def run(n: int, args) -> dict:
@@ -216,6 +232,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
     ap.add_argument("--nprobes", type=int, nargs="*", default=[], help="also measure re-ranked search at these nprobe")
     ap.add_argument("--reuse", default=None, help="measure the queries of an index kept by --keep (no build)")
+    ap.add_argument("--resync", action="store_true", help="with --reuse: sync (rebuild) the shards first, timed")
     ap.add_argument("--clusters", type=int, default=None,
                     help="with --reuse: mixture clusters the index was made with (default: its size / 200)")
     args = ap.parse_args()
@@ -225,11 +242,16 @@ def main() -> None:
         paths = IndexPaths.of(args.reuse)
         n = len(open_index(paths.root))
         mix = Mixture(args.dim, n_clusters=args.clusters or max(10, n // 200))
-        results = [measure(paths, mix, {"n": n}, args)]
+        out = {"n": n}
+        if args.resync:
+            out["train_add_s"] = resync(paths, args)
+        results = [measure(paths, mix, out, args)]
     else:
         results = (run(n, args) for n in args.sizes)
     for r in results:
         print(f"N={r['n']:,}  {r['factory']} nprobe={r['nprobe']} shards={r['shards']}")
+        if "ingest_s" not in r and "train_add_s" in r:
+            print(f"  resync (train/add): {r['train_add_s']:.1f} s")
         if "ingest_s" in r:
             print(f"  build: ingest {r['ingest_s']:.1f} s + train/add {r['train_add_s']:.1f} s; "
                   f"peak RSS {r['build_peak_rss_bytes'] / 2**30:.2f} GiB")

@@ -40,7 +40,7 @@ def train_template(spec: dict, dim: int, sample: np.ndarray) -> faiss.Index:
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False  # polysemous filtering is not used: candidates are re-ranked exactly
-    if "quantizer_nprobe" in spec:
+    if spec.get("coarse_training") == "two_level":
         from dinoret.indexer.coarse import train_two_level
 
         train_two_level(index, sample)

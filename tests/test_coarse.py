@@ -5,8 +5,8 @@ import faiss
 import numpy as np
 
 from dinoret.indexer import coarse
-from dinoret.indexer.index_type import ivfpq_spec
-from dinoret.indexer.shards import read_merged, write_index
+from dinoret.indexer.index_type import choose_index, ivfpq_spec
+from dinoret.indexer.shards import read_merged, train_template, write_index
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -30,11 +30,32 @@ def test_two_level_centroids_cover_the_data():
     assert float(np.mean(np.max(x @ c.T, axis=1))) > 0.8
 
 
-def test_large_spec_uses_the_nested_quantizer():
+def test_large_spec_trains_two_levels_and_keeps_a_flat_quantizer():
     spec = ivfpq_spec(10_000_000, 384)
-    assert spec["nlist"] == 16384 and spec["factory"].startswith("IVF16384(IVF128,Flat),PQ")
-    assert spec["quantizer_nprobe"] >= coarse.MIN_SEARCH_QUANTIZER_NPROBE
-    assert "quantizer_nprobe" not in ivfpq_spec(100_000, 384)
+    assert spec["nlist"] == 16384 and spec["factory"].startswith("IVF16384,PQ")
+    assert spec["coarse_training"] == "two_level" and "quantizer_nprobe" not in spec
+    assert "coarse_training" not in ivfpq_spec(100_000, 384)
+
+
+def test_an_index_with_the_nested_quantizer_of_before_is_rebuilt():
+    old = dict(ivfpq_spec(10_000_000, 384), factory="IVF16384(IVF128,Flat),PQ96x4fs", quantizer_nprobe=16)
+    del old["coarse_training"]
+    assert choose_index(10_000_000, 384, old) != old
+    new = ivfpq_spec(10_000_000, 384)
+    assert choose_index(10_000_000, 384, new) is new
+
+
+def test_two_level_training_with_a_flat_quantizer_puts_vectors_in_their_nearest_list(tmp_path):
+    d, nlist = 32, 64
+    x = _unit(8000, d, 2)
+    spec = dict(ivfpq_spec(8000, d), factory=f"IVF{nlist},PQ8x4fs", nlist=nlist, coarse_training="two_level")
+    index = train_template(spec, d, x)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    assert isinstance(quantizer, faiss.IndexFlat) and quantizer.ntotal == nlist
+    centroids = quantizer.reconstruct_n(0, nlist)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+    _, lists = quantizer.search(x, 1)
+    np.testing.assert_array_equal(lists[:, 0], np.argmax(x @ centroids.T, axis=1))
 
 
 def test_nested_index_finds_neighbours_and_shards_merge(tmp_path):
