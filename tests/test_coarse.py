@@ -82,3 +82,39 @@ def test_nested_index_finds_neighbours_and_shards_merge(tmp_path):
     np.testing.assert_allclose(np.sort(d1, axis=1), np.sort(d2, axis=1), rtol=1e-5, atol=1e-5)
     # 4-bit PQ blurs close neighbours, but each point is among its own 20 best candidates.
     assert np.mean([i in row for i, row in zip(range(0, 8000, 97), i1)]) > 0.9
+
+
+def _block_shards(tmp_path, sizes):
+    """Shards of one trained IVF1,PQ8x4fs template (32 codes of 4 bytes: 128-byte blocks)."""
+    d = 16
+    x = _unit(sum(sizes), d, 3)
+    template = faiss.index_factory(d, "IVF1,PQ8x4fs", faiss.METRIC_INNER_PRODUCT)
+    template.train(x)
+    paths, start = [], 0
+    for s, n in enumerate(sizes):
+        index = faiss.clone_index(template)
+        index.add_with_ids(x[start : start + n], np.arange(start, start + n, dtype=np.int64))
+        write_index(index, tmp_path / f"s{s}.faiss")
+        paths.append(tmp_path / f"s{s}.faiss")
+        start += n
+    whole = faiss.clone_index(template)
+    whole.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    return paths, whole, x
+
+
+def test_shards_faiss_would_overflow_merging_are_kept_apart(tmp_path):
+    # A first shard whose list holds 128 codes (the block size in bytes): Faiss 1.15's
+    # merge_from would copy past the list's end. The shard after it is searched apart.
+    spec = {"type": "ivfpq", "nprobe": 1, "nlist": 1}
+    paths, whole, x = _block_shards(tmp_path, [128, 50, 30])
+    parts = read_merged(paths, spec)
+    assert len(parts) == 3 and sum(p.ntotal for p in parts) == 208
+    from dinoret.indexer.shards import search_shards
+
+    whole.nprobe = 1
+    d1, i1 = search_shards(parts, x[::7], 20)
+    d2, i2 = whole.search(x[::7], 20)
+    np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-5)
+    # Sizes that are not a multiple of the block size merge into one index.
+    paths, _, _ = _block_shards(tmp_path, [100, 50, 30])
+    assert len(read_merged(paths, spec)) == 1
