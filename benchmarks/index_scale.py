@@ -3,10 +3,12 @@
     python benchmarks/index_scale.py --sizes 100000 1000000 --threads 2
     nice python benchmarks/index_scale.py --sizes 10000000 --workdir /var/tmp/scale --keep --nprobes 64 128
     python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --nprobes 32 64
+    python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --nprobes 512 --candidates 300 600
     python benchmarks/index_scale.py --reuse /var/tmp/scale/index_scale_10000000_xxx/idx --resync
 
 ``--nprobes`` measures the re-ranked search again at other probe counts (the index's own
-is always measured); ``--reuse`` measures the queries of an index kept by ``--keep``, and
+is always measured), each with ``--candidates`` PQ candidates re-ranked (default: the
+index's own count); ``--reuse`` measures the queries of an index kept by ``--keep``, and
 ``--resync`` first brings its shards up to date as ``dinoret index`` would (a rebuild from
 the stored vectors when the index layout changed), timed.
 
@@ -167,15 +169,19 @@ def measure(paths: IndexPaths, mix: Mixture, out: dict, args) -> dict:
         from dinoret.indexer.coarse import search_quantizer_nprobe
         from dinoret.indexer.shards import set_search_params
 
+        own_candidates = spec.get("rerank_candidates", 0)
         for nprobe in args.nprobes:
             other = dict(spec, nprobe=nprobe)
             if "quantizer_nprobe" in spec:
                 other["quantizer_nprobe"] = search_quantizer_nprobe(spec["nlist"], nprobe)
             for index in reader._shards()[1]:
                 set_search_params(index, other)
-            out.setdefault("sweep", []).append((nprobe, *timed_queries(reader, queries, truth, True)))
-            log(f"nprobe {nprobe}: p50 {out['sweep'][-1][1]:.2f} ms p99 {out['sweep'][-1][2]:.2f} ms "
-                f"recall@10 {out['sweep'][-1][3]:.3f}")
+            for candidates in args.candidates or [own_candidates]:
+                spec["rerank_candidates"] = candidates  # the reader's own spec: read at every search
+                out.setdefault("sweep", []).append((nprobe, candidates, *timed_queries(reader, queries, truth, True)))
+                log(f"nprobe {nprobe}, {candidates} candidates: p50 {out['sweep'][-1][2]:.2f} ms "
+                    f"p99 {out['sweep'][-1][3]:.2f} ms recall@10 {out['sweep'][-1][4]:.3f}")
+        spec["rerank_candidates"] = own_candidates
     return out
 
 
@@ -231,6 +237,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where the temporary indexes go (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
     ap.add_argument("--nprobes", type=int, nargs="*", default=[], help="also measure re-ranked search at these nprobe")
+    ap.add_argument("--candidates", type=int, nargs="*", default=[],
+                    help="with --nprobes: re-rank this many PQ candidates (default: the index's own)")
     ap.add_argument("--reuse", default=None, help="measure the queries of an index kept by --keep (no build)")
     ap.add_argument("--resync", action="store_true", help="with --reuse: sync (rebuild) the shards first, timed")
     ap.add_argument("--clusters", type=int, default=None,
@@ -263,8 +271,9 @@ def main() -> None:
         for tag in ("rerank", "norerank"):
             print(f"  {tag:9s} latency p50 {r[f'p50_ms_{tag}']:.2f} ms  p99 {r[f'p99_ms_{tag}']:.2f} ms  "
                   f"recall@10 {r[f'recall10_{tag}']:.3f}")
-        for nprobe, p50, p99, rec in r.get("sweep", []):
-            print(f"  rerank, nprobe {nprobe}: p50 {p50:.2f} ms  p99 {p99:.2f} ms  recall@10 {rec:.3f}")
+        for nprobe, candidates, p50, p99, rec in r.get("sweep", []):
+            print(f"  rerank, nprobe {nprobe}, {candidates} candidates: p50 {p50:.2f} ms  p99 {p99:.2f} ms  "
+                  f"recall@10 {rec:.3f}")
         sys.stdout.flush()
 
 

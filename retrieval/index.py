@@ -22,7 +22,7 @@ from dinoret.indexer.catalog import (
 from dinoret.indexer.damaged import index_errors
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
-from dinoret.indexer.shards import merge_topk, read_merged, search_shards
+from dinoret.indexer.shards import coarse_quantizer, merge_topk, read_merged, search_shards
 from dinoret.indexer.vectors import VectorStore
 from dinoret.indexer.writer_lock import lock_is_held
 
@@ -79,7 +79,7 @@ class IndexReader:
         weakref.finalize(self, self.meta.close)
         self.store = VectorStore(paths.vectors)
         self._lock = threading.Lock()
-        self._loaded: tuple[dict, list] | None = None
+        self._loaded: tuple | None = None
 
     # --- records and vectors ------------------------------------------------------
     def __len__(self) -> int:
@@ -120,21 +120,23 @@ class IndexReader:
         """Read the Faiss shards into memory now rather than at the first search (servers warm up)."""
         self._shards()
 
-    def _shards(self) -> tuple[dict, list, np.ndarray]:
+    def _shards(self) -> tuple:
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load_shards()
             return self._loaded
 
-    def _load_shards(self) -> tuple[dict, list, np.ndarray]:
-        """(index spec, shard indexes, ids committed after the shards were last synced)."""
+    def _load_shards(self) -> tuple:
+        """(index spec, shard indexes, ids committed after the shards were last synced,
+        the float16 coarse quantizer or None: :func:`dinoret.indexer.shards.coarse_quantizer`)."""
         for _attempt in range(3):  # a concurrent index run may replace files between the two reads
             info = read_info(self.engine)
             spec = dict(info.index_params or {}, type=info.index_type)
             rows = read_shards(self.engine)
             files = [self._paths.shards / row.file for row in rows]
             if all(f.is_file() for f in files):
-                return spec, read_merged(files, spec), self._pending(rows)
+                indexes = read_merged(files, spec)
+                return spec, indexes, self._pending(rows), coarse_quantizer(indexes, spec)
         raise IndexUnavailable(f"shard files of {self.root} are missing: run `dinoret index` on it again")
 
     def _pending(self, rows) -> np.ndarray:
@@ -153,14 +155,14 @@ class IndexReader:
         least 4k) are re-scored with exact cosine from the stored vectors when ``rerank``.
         Images committed after the shards were last built are scored exactly and merged in."""
         q = _normalised(queries)
-        spec, indexes, pending = self._shards()
+        spec, indexes, pending, coarse = self._shards()
         k = max(0, min(int(k), sum(int(ix.ntotal) for ix in indexes) + len(pending)))
         approx = spec.get("type") == "ivfpq"
         n = max(int(spec.get("rerank_candidates", 0)), 4 * k) if approx and rerank else k
         # Ids deleted since their shard was written (only after a crash or during a run).
         tombstones = self.meta.tombstone_count()
         n += min(tombstones, MAX_TOMBSTONE_SLACK)
-        scores, ids = search_shards(indexes, q, n)
+        scores, ids = search_shards(indexes, q, n, coarse)
         if len(pending):
             more_s, more_i = self._exact_topk(q, pending, n)
             scores, ids = merge_topk(np.hstack([scores, more_s]), np.hstack([ids, more_i]), n)

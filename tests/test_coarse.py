@@ -16,6 +16,17 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _write_shards(tmp_path, template, x, bounds):
+    """Shard files of ``template`` holding rows ``bounds[i]:bounds[i+1]`` of ``x`` (ids = rows)."""
+    paths = []
+    for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        index = faiss.clone_index(template)
+        index.add_with_ids(x[lo:hi], np.arange(lo, hi, dtype=np.int64))
+        write_index(index, tmp_path / f"s{s}.faiss")
+        paths.append(tmp_path / f"s{s}.faiss")
+    return paths
+
+
 def test_shares_split_exactly():
     share = coarse._shares(np.array([100, 1, 0, 50]), 20)
     assert share.sum() == 20 and share[2] == 0 and share[1] == 1 and share[0] > share[3]
@@ -63,12 +74,7 @@ def test_nested_index_finds_neighbours_and_shards_merge(tmp_path):
     x = _unit(8000, d, 1)
     template = faiss.index_factory(d, coarse.nested_factory(nlist, "PQ32x4fs"), faiss.METRIC_INNER_PRODUCT)
     coarse.train_two_level(template, x)
-    shards = []
-    for s, (lo, hi) in enumerate([(0, 5000), (5000, 8000)]):
-        index = faiss.clone_index(template)
-        index.add_with_ids(x[lo:hi], np.arange(lo, hi, dtype=np.int64))
-        write_index(index, tmp_path / f"s{s}.faiss")
-        shards.append(tmp_path / f"s{s}.faiss")
+    shards = _write_shards(tmp_path, template, x, [0, 5000, 8000])
     spec = {"type": "ivfpq", "nprobe": 16, "nlist": nlist, "quantizer_nprobe": 8}
     merged = read_merged(shards, spec)
     assert len(merged) == 1 and merged[0].ntotal == 8000
@@ -118,3 +124,29 @@ def test_shards_faiss_would_overflow_merging_are_kept_apart(tmp_path):
     # Sizes that are not a multiple of the block size merge into one index.
     paths, _, _ = _block_shards(tmp_path, [100, 50, 30])
     assert len(read_merged(paths, spec)) == 1
+
+
+def test_float16_coarse_quantizer_probes_the_lists_of_the_flat_one(tmp_path):
+    from dinoret.indexer.shards import COARSE_FLOAT16_MIN_NLIST, coarse_quantizer, search_shards
+
+    d, nlist = 32, 64
+    x = _unit(6000, d, 4)
+    spec = dict(ivfpq_spec(6000, d), factory=f"IVF{nlist},PQ8x4fs", nlist=nlist, nprobe=6)
+    template = train_template(spec, d, x)
+    paths = _write_shards(tmp_path, template, x, [0, 2500, 6000])
+    parts = read_merged(paths, spec)
+    assert coarse_quantizer(parts, spec) is None  # 64 lists: below COARSE_FLOAT16_MIN_NLIST
+    assert nlist < COARSE_FLOAT16_MIN_NLIST
+    fp16 = coarse_quantizer(parts, spec, min_nlist=1)
+    assert fp16 is not None and fp16.ntotal == nlist and fp16.code_size == 2 * d
+    q = x[::13]
+    d1, i1 = search_shards(parts, q, 20, fp16)
+    d2, i2 = search_shards(parts, q, 20)
+    # Same lists probed (float16 centroids rank them alike here), hence the same candidates.
+    assert np.mean(i1 == i2) > 0.99
+    np.testing.assert_allclose(d1, d2, atol=2e-3)
+    # The probe count of the index is honoured: one list finds fewer of the 20 than six.
+    for part in parts:
+        part.nprobe = 1
+    _, i3 = search_shards(parts, q, 20, fp16)
+    assert np.mean(i3 == i2) < 0.9
