@@ -20,6 +20,7 @@ from dinoret.indexer.catalog import (
     catalog_read_only, count_skipped, indexed_roots, last_run, open_catalog, read_info, read_shards, read_skipped,
 )
 from dinoret.indexer.damaged import index_errors
+from dinoret.indexer.index_type import search_spec
 from dinoret.indexer.layout import IndexPaths, disk_usage
 from dinoret.indexer.meta import MetaStore, Record
 from dinoret.indexer.shards import coarse_quantizer, merge_topk, read_merged, search_shards
@@ -131,7 +132,7 @@ class IndexReader:
         the float16 coarse quantizer or None: :func:`dinoret.indexer.shards.coarse_quantizer`)."""
         for _attempt in range(3):  # a concurrent index run may replace files between the two reads
             info = read_info(self.engine)
-            spec = dict(info.index_params or {}, type=info.index_type)
+            spec = dict(search_spec(info.index_params or {}, info.index_type), type=info.index_type)
             rows = read_shards(self.engine)
             files = [self._paths.shards / row.file for row in rows]
             if all(f.is_file() for f in files):
@@ -231,7 +232,7 @@ class IndexReader:
             "shards": len(rows),
             "not_in_shards": len(self._pending(rows)),
             "index_type": info.index_type,
-            "index_params": info.index_params or {},
+            "index_params": search_spec(info.index_params or {}, info.index_type),
             "disk_bytes": disk_usage(self.root),
             "last_run": last,
             "skipped": count_skipped(self.engine),

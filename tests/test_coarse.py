@@ -150,3 +150,15 @@ def test_float16_coarse_quantizer_probes_the_lists_of_the_flat_one(tmp_path):
         part.nprobe = 1
     _, i3 = search_shards(parts, q, 20, fp16)
     assert np.mean(i3 == i2) < 0.9
+
+
+def test_large_indexes_probe_one_list_in_16_even_when_built_under_the_old_rule():
+    from dinoret.indexer.index_type import choose_nprobe, search_spec
+
+    assert choose_nprobe(4096) == 128 and choose_nprobe(16384) == 1024
+    assert ivfpq_spec(10_000_000, 384)["nprobe"] == 1024
+    old = dict(ivfpq_spec(10_000_000, 384), nprobe=256)  # written by the 2·sqrt(nlist) rule
+    assert search_spec(old, "ivfpq")["nprobe"] == 1024 and old["nprobe"] == 256
+    nested = dict(old, quantizer_nprobe=16)
+    assert search_spec(nested, "ivfpq") is nested
+    assert search_spec({"factory": "IDMap,Flat"}, "flat") == {"factory": "IDMap,Flat"}
