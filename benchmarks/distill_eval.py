@@ -6,6 +6,7 @@ but the 55 Oxford5k queries; no label used), run side by side with one thread ea
 
 * ``heads``: `dinoret distill` against the teacher run's frozen DINO/iBOT heads;
 * ``feature``: `dinoret distill --method feature` (what an official checkpoint allows);
+* ``hybrid``: `dinoret distill --method hybrid` (``feature`` plus the student's own DINO loss);
 * ``scratch``: `dinoret train` of the same student architecture (``--scratch-config``,
   configs/cpu_small.yaml, with the student's size).
 
@@ -49,7 +50,7 @@ from dinoret.trainer.config import largest_crop, make_config, read_config_file  
 from dinoret.trainer.distill import distill, make_distill_config  # noqa: E402
 from dinoret.trainer.train import train  # noqa: E402
 
-ARMS = ("heads", "feature", "scratch")
+ARMS = ("heads", "feature", "hybrid", "scratch")
 
 
 def _arm_config(args, arm: str) -> tuple[list[str], list[str]]:

@@ -3,9 +3,11 @@
 One iteration is the whole step ``dinoret distill`` runs: the teacher's forward on the two
 224-px global crops (bf16 on a GPU, fp32 on a CPU, no gradients), the student's forward on
 2 global + 8 local (98 px) crops, the losses, backward, gradient clipping, AdamW and the
-student's EMA update. Both methods are timed: ``heads`` (a teacher with the default DINOv2
+student's EMA update. The methods timed: ``heads`` (a teacher with the default DINOv2
 head: 65,536 prototypes, shared by DINO and iBOT; DINO + iBOT on every patch + KoLeo) and
-``feature`` (cosine on class and patch tokens through projectors: an official checkpoint).
+``feature`` (cosine on class and patch tokens through projectors: an official checkpoint)
+and ``hybrid`` (``feature`` plus the student's own DINO loss on class tokens, its
+65,536-prototype head and its EMA's forward on the global crops).
 Weights are random (speed does not depend on them); batches are made once beforehand.
 
 \b
@@ -52,7 +54,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="per device [default: 64 on GPU, 4 on CPU]")
     ap.add_argument("--iterations", type=int, default=None, help="timed iterations [default: 20 GPU, 2 CPU]")
     ap.add_argument("--warmup", type=int, default=None, help="untimed iterations first [default: 5 GPU, 1 CPU]")
-    ap.add_argument("--methods", nargs="+", default=["heads", "feature"], choices=["heads", "feature"])
+    ap.add_argument("--methods", nargs="+", default=["heads", "feature", "hybrid"],
+                    choices=["heads", "feature", "hybrid"])
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -74,16 +74,22 @@ def _embed(embedder: Embedder, paths: list[Path]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def ukbench_ns(embedder: Embedder, data: Path) -> float:
+def ukbench_hits(embedder: Embedder, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(per image: how many of its object's 4 views are among its 4 nearest images, the object)."""
     root = data / "ukbench_first56"
     rows = list(csv.DictReader(open(root / "groups.csv")))
     x = _embed(embedder, [root / "images" / r["filename"] for r in rows])
     groups = np.array([int(r["group"]) for r in rows])
     top4 = np.argsort(-(x @ x.T), axis=1, kind="stable")[:, :4]
-    return float((groups[top4] == groups[:, None]).sum(1).mean())
+    return (groups[top4] == groups[:, None]).sum(1), groups
 
 
-def knn_accuracy(embedder: Embedder, data: Path, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+def ukbench_ns(embedder: Embedder, data: Path) -> float:
+    return float(ukbench_hits(embedder, data)[0].mean())
+
+
+def knn_correct(embedder: Embedder, data: Path, k: int = 20, temperature: float = 0.07) -> dict[str, np.ndarray]:
+    """Per Oxford photo, leave-one-out: is its 1-NN, and DINO's weighted k-NN vote, right?"""
     root = data / "oxford5k_gt_subset"
     rows = list(csv.DictReader(open(root / "landmark_labels.csv")))
     x = _embed(embedder, [root / "images_512" / r["image"] for r in rows])
@@ -96,7 +102,11 @@ def knn_accuracy(embedder: Embedder, data: Path, k: int = 20, temperature: float
     weights = np.exp(np.take_along_axis(sims, nn, 1) / temperature)
     for j in range(k):
         np.add.at(votes, (np.arange(len(y)), y[nn[:, j]]), weights[:, j])
-    return {"knn1": float((y[nn[:, 0]] == y).mean()), f"knn{k}_weighted": float((votes.argmax(1) == y).mean())}
+    return {"knn1": y[nn[:, 0]] == y, f"knn{k}_weighted": votes.argmax(1) == y}
+
+
+def knn_accuracy(embedder: Embedder, data: Path, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    return {name: float(v.mean()) for name, v in knn_correct(embedder, data, k, temperature).items()}
 
 
 def evaluate(backbone: Backbone, data: Path, crop: int) -> dict:

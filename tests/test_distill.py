@@ -55,7 +55,7 @@ def _meta(teacher_run: Path, *extra: str) -> DistillMetaArch:
     return DistillMetaArch(cfg, teacher).train()
 
 
-@pytest.mark.parametrize("method", ["heads", "feature"])
+@pytest.mark.parametrize("method", ["heads", "feature", "hybrid"])
 def test_teacher_stays_frozen_and_only_the_student_learns(teacher_run, photos, method) -> None:
     from dinoret.trainer.data import SSLBatches
 
@@ -81,8 +81,46 @@ def test_teacher_stays_frozen_and_only_the_student_learns(teacher_run, photos, m
     assert not all(torch.equal(v, ema_before[k]) for k, v in meta.student_ema.state_dict().items())
     if method == "heads":
         assert {"dino_local_crops_loss", "dino_global_crops_loss", "ibot_loss", "koleo_loss"} <= set(losses)
+    elif method == "hybrid":  # its own DINO loss on class tokens, the teacher's features on class and patch tokens
+        assert {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "feature_cls_loss",
+                "feature_patch_loss"} <= set(losses) and "ibot_loss" not in losses
+        assert meta.student.dino_head is not None and meta.student.ibot_head is None
     else:
         assert {"feature_cls_loss", "feature_patch_loss", "koleo_loss"} <= set(losses)
+
+
+def test_hybrid_learns_from_its_own_ema_and_from_the_teacher(teacher_run, photos) -> None:
+    """The own DINO targets come from the student's EMA and the feature targets from the
+    teacher: changing either changes the loss; with feature_weight 0 the teacher is unused."""
+    from dinoret.trainer.data import SSLBatches
+
+    def loss(meta: DistillMetaArch, batch: dict) -> dict[str, float]:
+        meta.student.zero_grad(set_to_none=True)
+        return {k: float(v) for k, v in meta.forward_backward(batch, teacher_temp=0.04).items()}
+
+    # LayerScale 0.1: with 1e-5 a new student's class tokens, hence its own targets, are the same for every image.
+    own = ["distill.method=hybrid", "train.centering=sinkhorn_knopp", "student.layerscale=0.1"]
+    meta = _meta(teacher_run, *own)
+    batch = SSLBatches(photos, _pil, meta.cfg)[0]
+    base = loss(meta, batch)
+    with torch.no_grad():
+        for p in meta.teacher.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    moved_teacher = loss(meta, batch)
+    assert moved_teacher["feature_cls_loss"] != base["feature_cls_loss"]
+    assert moved_teacher["dino_global_crops_loss"] == base["dino_global_crops_loss"]
+    with torch.no_grad():
+        for p in meta.student_ema.dino_head.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    moved_ema = loss(meta, batch)
+    assert moved_ema["dino_global_crops_loss"] != base["dino_global_crops_loss"]
+    assert moved_ema["feature_cls_loss"] == moved_teacher["feature_cls_loss"]
+    own_only = _meta(teacher_run, *own, "distill.feature_weight=0")
+    own_only.student_ema.load_state_dict(meta.student_ema.state_dict())
+    own_only.student.load_state_dict(meta.student.state_dict())
+    total = loss(own_only, batch)["total_loss"]
+    assert total == pytest.approx(moved_ema["dino_local_crops_loss"] + moved_ema["dino_global_crops_loss"]
+                                  + moved_ema["koleo_loss"] * 2, rel=1e-5)
 
 
 def test_ema_update_is_the_moving_average(teacher_run) -> None:
@@ -143,6 +181,20 @@ def test_resume_continues_bit_for_bit(teacher_run, photos, tmp_path, monkeypatch
         train(None, _pil, out, resume=True, progress=False)
 
 
+def test_hybrid_resumes_bit_for_bit_with_its_loss_centres(teacher_run, photos, tmp_path) -> None:
+    sets = STUDENT + ["distill.method=hybrid", "train.centering=centering"]
+    full = distill(photos, _pil, tmp_path / "full", str(teacher_run), overrides=sets, progress=False)
+    out = tmp_path / "cut"
+    distill(photos, _pil, out, str(teacher_run), overrides=sets, stop_after=3, progress=False)
+    resumed = distill(None, _pil, out, resume=True, progress=False)
+    a, b = _steps(tmp_path / "full" / "metrics.jsonl"), _steps(out / "metrics.jsonl")
+    assert [r["total_loss"] for r in b] == [r["total_loss"] for r in a] and len(b) == 6
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    ckpt = torch.load(out / "checkpoint_0000006.pth", weights_only=True)
+    assert ckpt["distill_method"] == "hybrid" and ckpt["dino_center"].abs().sum() > 0
+    assert load_backbone(weights=out / "student_backbone.pth").config.depth == 1
+
+
 def _cli(*args):
     return CliRunner().invoke(main, ["distill", *map(str, args)], catch_exceptions=False)
 
@@ -154,8 +206,8 @@ def test_cli_distils_and_the_index_command_uses_the_student(teacher_run, photos,
     res = _cli(data, "--teacher", teacher_run / "teacher_backbone.pth", "--output", out, *sets, "--quiet")
     assert res.exit_code == 0, res.output
     assert "6/6 iterations" in res.output and (out / "student_backbone.pth").is_file()
-    # A bare backbone (the official layout, no heads): feature distillation is chosen.
-    assert torch.load(out / "checkpoint_0000006.pth", weights_only=True)["distill_method"] == "feature"
+    # A bare backbone (the official layout, no heads): the hybrid method is chosen.
+    assert torch.load(out / "checkpoint_0000006.pth", weights_only=True)["distill_method"] == "hybrid"
     assert _cli(data, "--output", tmp_path / "x", *sets).exit_code == 2  # no teacher
     bad = _cli(data, "--teacher", teacher_run, "--output", tmp_path / "p", *sets, *[a for s in PATCH16 for a in ("--set", s)])
     assert bad.exit_code == 2 and bad.output.splitlines()[-1].startswith("error: the teacher's patch size is 14")
@@ -167,10 +219,12 @@ def test_cli_distils_and_the_index_command_uses_the_student(teacher_run, photos,
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_ddp_and_fsdp(teacher_run, photos, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["auto", "hybrid"])
+def test_torchrun_two_processes_ddp_and_fsdp(teacher_run, photos, tmp_path, method) -> None:
     """Two gloo processes: DDP ranks end with the same weights; FSDP (student and EMA sharded,
-    the teacher whole on each rank) computes bit for bit what DDP computes."""
-    sets = [a for s in STUDENT + ["optim.clip_grad=0"] for a in ("--set", s)]
+    the teacher whole on each rank) computes bit for bit what DDP computes. ``hybrid`` also
+    runs the sharded EMA forward (its own targets)."""
+    sets = [a for s in STUDENT + ["optim.clip_grad=0", f"distill.method={method}"] for a in ("--set", s)]
     torchrun_ddp_and_fsdp("distill", Path(photos[0]).parent, tmp_path, "--teacher", str(teacher_run), *sets)
     losses, students = {}, {}
     for mode in ("ddp", "fsdp"):

@@ -138,7 +138,9 @@ def distill(data=None, output: str | os.PathLike = "runs/distill", teacher: str 
     checkpoint (whose DINO/iBOT heads are then used); ``student``: ``student.arch``
     (``vit_small`` by default; the config's ``student.embed_dim``/``depth`` shrink it);
     ``method``: ``heads`` (the teacher's DINO/iBOT targets), ``feature`` (cosine on its class
-    and patch tokens) or ``auto``. ``config``, ``set``, ``resume``, ``device``, ``on_files``
+    and patch tokens), ``hybrid`` (``feature`` plus the student's own DINO loss) or ``auto`` (``heads`` when the
+    teacher has heads, else ``hybrid``).
+    ``config``, ``set``, ``resume``, ``device``, ``on_files``
     and the summary as in :func:`train`; the result is ``student_backbone.pth``.
 
     >>> short = {"optim.epochs": 1, "train.OFFICIAL_EPOCH_LENGTH": 2}
@@ -172,4 +174,4 @@ def distill(data=None, output: str | os.PathLike = "runs/distill", teacher: str 
 
 
 ARCHS = ("vit_small", "vit_base", "vit_large", "vit_giant2")
-METHODS = ("auto", "heads", "feature")
+METHODS = ("auto", "heads", "feature", "hybrid")

@@ -20,7 +20,8 @@ from dinoret.options import device_option
               help="Student architecture (student.arch; default vit_small; student.embed_dim/depth shrink it).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="heads: DINO + iBOT + KoLeo against the teacher's own heads (a dinoret teacher); "
-                   "feature: cosine on class and patch tokens (any teacher); auto: heads when the teacher has them.")
+                   "feature: cosine on class and patch tokens (any teacher); hybrid: feature plus the "
+                   "student's own DINO loss against its EMA (any teacher); auto: heads when the teacher has them, else hybrid.")
 @click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML or TOML config (the keys of `dinoret train` and a distill section); merged in order.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
