@@ -12,7 +12,7 @@ from dinoret.cli import main
 from dinoret.core.errors import UserError
 from dinoret.core.weights import load_backbone
 from dinoret.trainer.distill import DistillMetaArch, distill, load_teacher, make_distill_config
-from dinoret.trainer.config import read_config_file
+from dinoret.trainer.config import read_config_file, to_yaml
 from dinoret.trainer.optim import apply_schedules, build_optimizer
 from dinoret.trainer.train import train
 from tests.conftest import make_image
@@ -115,6 +115,15 @@ def test_hybrid_learns_from_its_own_ema_and_from_the_teacher(teacher_run, photos
     moved_ema = loss(meta, batch)
     assert moved_ema["dino_global_crops_loss"] != base["dino_global_crops_loss"]
     assert moved_ema["feature_cls_loss"] == moved_teacher["feature_cls_loss"]
+    # The own targets are made from the EMA's view of the two global crops (no local crops, no projectors).
+    seen = []
+    make_targets = meta.objective.own.targets
+    meta.objective.own.targets = lambda out, *a: seen.append(out) or make_targets(out, *a)
+    loss(meta, batch)
+    with torch.no_grad():
+        expected = meta.student_ema.dino_head(meta.student_ema.backbone(batch["global_crops"]))
+    assert torch.allclose(seen[0]["global_cls_head"], expected, atol=1e-6)
+    assert seen[0]["local_cls"] is None and "global_cls_proj" not in seen[0]
     own_only = _meta(teacher_run, *own, "distill.feature_weight=0")
     own_only.student_ema.load_state_dict(meta.student_ema.state_dict())
     own_only.student.load_state_dict(meta.student.state_dict())
@@ -193,6 +202,31 @@ def test_hybrid_resumes_bit_for_bit_with_its_loss_centres(teacher_run, photos, t
     ckpt = torch.load(out / "checkpoint_0000006.pth", weights_only=True)
     assert ckpt["distill_method"] == "hybrid" and ckpt["dino_center"].abs().sum() > 0
     assert load_backbone(weights=out / "student_backbone.pth").config.depth == 1
+
+
+def test_a_run_started_before_hybrid_resumes_with_the_method_it_chose(teacher_run, photos, tmp_path) -> None:
+    """A bare teacher's `auto` run of an older version chose feature; its config says auto and
+    has no distill.feature_weight. It resumes as feature, exactly as an uninterrupted run."""
+    bare = str(teacher_run / "teacher_backbone.pth")
+    sets = STUDENT + ["distill.method=feature"]
+    full = distill(photos, _pil, tmp_path / "full", bare, overrides=sets, progress=False)
+    out = tmp_path / "old"
+    distill(photos, _pil, out, bare, overrides=sets, stop_after=4, progress=False)
+    path = out / "checkpoint_0000004.pth"
+    state = torch.load(path, weights_only=False)
+    state["config"]["distill"]["method"] = "auto"
+    del state["config"]["distill"]["feature_weight"]
+    torch.save(state, path)
+    (out / "config.yaml").write_text(to_yaml(state["config"]))
+    resumed = distill(None, _pil, out, resume=True, progress=False)
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    assert [r["total_loss"] for r in _steps(out / "metrics.jsonl")] == [r["total_loss"] for r in _steps(tmp_path / "full" / "metrics.jsonl")]
+
+
+def test_masking_is_for_the_heads_method_only(teacher_run) -> None:
+    with pytest.raises(UserError, match="distill.masking applies to the heads method only"):
+        _meta(teacher_run, "distill.method=hybrid", "distill.masking=true")
+    assert _meta(teacher_run, "distill.method=heads", "distill.masking=true").student.backbone.mask_token.requires_grad
 
 
 def _cli(*args):

@@ -144,7 +144,10 @@ def resolve_method(cfg: dict, teacher: Teacher) -> str:
         return "heads" if teacher.has_heads else "hybrid"
     if method == "heads" and not teacher.has_heads:
         raise UserError(f"the teacher {teacher.source} has no DINO/iBOT heads (official checkpoints ship none): "
-                        "use the feature method, or a teacher from `dinoret train`", param="method")
+                        "use --method hybrid or feature, or a teacher from `dinoret train`", param="method")
+    if cfg["distill"]["masking"] and method != "heads":
+        raise UserError(f"distill.masking applies to the heads method only (the {method} method runs on every patch)",
+                        param="method")
     return method
 
 
@@ -334,7 +337,7 @@ class DistillMetaArch(MetaArch):
             total, losses = self.objective(s, t_dino, t_ibot, b["masks"], b["masks_weight"], n_local)
         elif self.method == "hybrid":
             with torch.no_grad(), autocast:
-                e = self.student_ema(b["global_crops"])
+                e = self.student_ema(b["global_crops"], projections=False)
             if hasattr(self.student_ema, "reshard"):  # FSDP keeps the root unsharded after forward; no backward follows
                 self.student_ema.reshard()
             t_own, _ = self.objective.own.targets(e, teacher_temp, b["n_masked_patches"])
@@ -379,9 +382,15 @@ def distill(files: Sequence[str] | None, load_image: LoadImage, output_dir: str 
     defaults["distill"]["teacher"] = frozen.source
 
     def build(cfg: dict, state: dict | None) -> DistillMetaArch:
-        if state is not None and state.get("teacher_sha256") != frozen.sha256:
-            raise UserError(f"the teacher file {frozen.source} changed since the run started (sha256 differs): "
-                            "the run cannot continue as it began")
+        if state is not None:
+            if state.get("teacher_sha256") != frozen.sha256:
+                raise UserError(f"the teacher file {frozen.source} changed since the run started (sha256 differs): "
+                                "the run cannot continue as it began")
+            # The method the run chose (``auto``'s rule may have changed since), and the
+            # defaults of distill keys added after the run began.
+            cfg["distill"]["method"] = state.get("distill_method", cfg["distill"]["method"])
+            for key, value in distill_defaults()["distill"].items():
+                cfg["distill"].setdefault(key, value)
         return DistillMetaArch(cfg, frozen)
 
     return run("distill", build, files, load_image, output_dir, config_files, overrides, resume, stop_after,

@@ -104,12 +104,13 @@ class Student(nn.Module):
                 if m is not None]
 
     def forward(self, global_crops: Tensor, local_crops: Tensor | None = None, masks: Tensor | None = None,
-                mask_indices: Tensor | None = None) -> dict[str, Tensor | None]:
+                mask_indices: Tensor | None = None, projections: bool = True) -> dict[str, Tensor | None]:
+        """``projections`` False: skip the feature projectors (an EMA that only gives head targets)."""
         g = self.backbone.forward_features(global_crops, masks)
         local = self.backbone.forward_features(local_crops)["x_norm_clstoken"] if local_crops is not None else None
         out: dict[str, Tensor | None] = {"global_cls": g["x_norm_clstoken"], "global_patch": g["x_norm_patchtokens"],
                                          "local_cls": local}
-        if self.cls_projector is not None:
+        if self.cls_projector is not None and projections:
             out["global_cls_proj"] = self.cls_projector(g["x_norm_clstoken"])
             out["local_cls_proj"] = self.cls_projector(local) if local is not None else None
             out["global_patch_proj"] = self.patch_projector(g["x_norm_patchtokens"])
