@@ -144,7 +144,7 @@ def resolve_method(cfg: dict, teacher: Teacher) -> str:
         return "heads" if teacher.has_heads else "hybrid"
     if method == "heads" and not teacher.has_heads:
         raise UserError(f"the teacher {teacher.source} has no DINO/iBOT heads (official checkpoints ship none): "
-                        "use --method hybrid or feature, or a teacher from `dinoret train`", param="method")
+                        "use the hybrid or feature method, or a teacher from `dinoret train`", param="method")
     if cfg["distill"]["masking"] and method != "heads":
         raise UserError(f"distill.masking applies to the heads method only (the {method} method runs on every patch)",
                         param="method")
