@@ -32,7 +32,8 @@ from dinoret.options import device_option
 def command(data_dirs, teacher, output, arch, method, configs, sets, resume, device, quiet) -> None:
     """Distil a frozen teacher into a smaller ViT on the images under DATA_DIR.
 
-    The student learns the teacher's DINO and iBOT targets (or its features); a spare EMA
+    The student learns the teacher's DINO and iBOT targets, or its features (with
+    --method hybrid, the default for a teacher without heads, plus its own DINO loss); a spare EMA
     of the student is the result: --output/student_backbone.pth (official key layout; use
     it with `dinoret index --weights`). Teacher and student must share the patch size.
     With --resume the run continues exactly where its last checkpoint stopped. Many GPUs
@@ -41,7 +42,7 @@ def command(data_dirs, teacher, output, arch, method, configs, sets, resume, dev
     \b
     Example:
       dinoret distill ./photos --teacher runs/l14 --output runs/s14 --config configs/distill_vits14.yaml
-      dinoret distill ./photos --teacher dinov2_vitl14 --method feature --output runs/s14-feat --student vit_small
+      dinoret distill ./photos --teacher dinov2_vitl14 --method hybrid --output runs/s14-h --student vit_small
       dinoret distill ./photos --teacher runs/tiny --output runs/tiny-s --config configs/distill_tiny.yaml
       dinoret distill --output runs/s14 --resume
     """
